@@ -1,0 +1,1 @@
+"""soraj: a JAX/Flax, TPU-first Sora-style text-to-video system."""

@@ -1,0 +1,1 @@
+"""Recaptioning and prompt expansion."""

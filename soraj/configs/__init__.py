@@ -1,0 +1,1 @@
+"""Model configs: get_config(arg) files."""

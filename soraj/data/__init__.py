@@ -1,0 +1,1 @@
+"""Data sources, video IO and input pipelines."""

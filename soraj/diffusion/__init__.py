@@ -1,0 +1,1 @@
+"""Rectified-flow diffusion as pure functions of a denoiser."""

@@ -1,0 +1,1 @@
+"""Models: VAE, diffusion transformer, text encoders and their layers."""
