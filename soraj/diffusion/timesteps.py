@@ -1,0 +1,119 @@
+"""Rectified-flow timesteps: logit-normal draws, resolution shifts, per-segment t, schedules."""
+
+import numbers
+
+import jax
+import jax.numpy as jnp
+
+# Convention (DESIGN.md §2): x_t = (1 - t)·x0 + t·ε, so t = 0 is clean data and t = 1 is noise.
+
+
+# ---- Validation ----
+
+
+def _check_positive(name, value):
+    # Only concrete Python/NumPy scalars can be checked; traced arrays pass through unchecked.
+    if isinstance(value, numbers.Real) and not value > 0:
+        raise ValueError(f"{name} must be > 0, got {value!r}.")
+
+
+def check_static_count(name, value):
+    """Raises ValueError unless `value` is a Python int >= 1: it fixes a shape or a loop
+    length, so it must be known before tracing."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"{name} must be a Python int >= 1, got {value!r}.")
+
+
+# ---- Drawing and shifting t ----
+
+
+def logit_normal(rng, shape, mean=0.0, std=1.0):
+    """t = sigmoid(mean + std·z), z ~ N(0, 1): mass in the middle of (0, 1), where the
+    velocity is hardest to predict (SD3). Median is sigmoid(mean)."""
+    if isinstance(std, numbers.Real) and std < 0:
+        raise ValueError(f"std must be >= 0, got {std!r}.")
+    z = jax.random.normal(rng, shape, jnp.float32)
+    return jax.nn.sigmoid(mean + std * z)
+
+
+def shift_timesteps(t, shift):
+    """Maps t -> shift·t / (1 + (shift - 1)·t). shift > 1 pushes t towards noise, which
+    larger inputs need: more tokens keep more signal at the same t."""
+    _check_positive("shift", shift)
+    t = jnp.asarray(t, jnp.float32)
+    return shift * t / (1.0 + (shift - 1.0) * t)
+
+
+def resolution_shift(num_tokens, base_tokens=256, base_shift=1.0, max_tokens=4096, max_shift=3.0):
+    """Shift linear in the token count through (base_tokens, base_shift) and
+    (max_tokens, max_shift), extrapolated beyond them, as SD3/Flux do. Works on arrays."""
+    if base_tokens == max_tokens:
+        raise ValueError(f"base_tokens and max_tokens must differ, both are {base_tokens!r}.")
+    _check_positive("base_shift", base_shift)
+    _check_positive("max_shift", max_shift)
+    slope = (max_shift - base_shift) / (max_tokens - base_tokens)
+    num_tokens = jnp.asarray(num_tokens, jnp.float32)
+    return base_shift + slope * (num_tokens - base_tokens)
+
+
+# ---- Packed rows ----
+
+
+def per_segment_timesteps(
+    rng,
+    segment_ids,
+    max_segments,
+    cond_mask=None,
+    mean=0.0,
+    std=1.0,
+    shift_by_tokens=False,
+    shift=1.0,
+    base_tokens=256,
+    base_shift=1.0,
+    max_tokens=4096,
+    max_shift=3.0,
+):
+    """One logit-normal t per (row, segment), broadcast to the segment's tokens.
+
+    With `shift_by_tokens`, each segment's t is shifted by `resolution_shift` of its own
+    token count (all its tokens, conditioning included: the count stands for its size);
+    otherwise by the constant `shift`. Padding (segment id 0) and `cond_mask` tokens get
+    t = 0. Segment ids above `max_segments` are treated as padding.
+    Returns t: f32 (B, L).
+    """
+    check_static_count("max_segments", max_segments)
+    if segment_ids.ndim != 2:
+        raise ValueError(f"segment_ids must have shape (B, L), got {segment_ids.shape}.")
+    if cond_mask is not None and cond_mask.shape != segment_ids.shape:
+        raise ValueError(
+            f"cond_mask must match segment_ids' shape {segment_ids.shape}, got {cond_mask.shape}."
+        )
+    batch = segment_ids.shape[0]
+    segment_numbers = jnp.arange(1, max_segments + 1)  # (S,)
+    in_segment = segment_ids[:, :, None] == segment_numbers  # (B, L, S)
+
+    t_segment = logit_normal(rng, (batch, max_segments), mean, std)  # (B, S)
+    if shift_by_tokens:
+        tokens_per_segment = in_segment.sum(axis=1)  # (B, S)
+        segment_shift = resolution_shift(
+            tokens_per_segment, base_tokens, base_shift, max_tokens, max_shift
+        )
+        t_segment = shift_timesteps(t_segment, segment_shift)  # (B, S)
+    else:
+        t_segment = shift_timesteps(t_segment, shift)  # (B, S)
+
+    # A one-hot sum rather than a gather: padding and out-of-range ids fall out as 0.
+    t = jnp.sum(jnp.where(in_segment, t_segment[:, None, :], 0.0), axis=-1)  # (B, L)
+    if cond_mask is not None:
+        t = jnp.where(cond_mask, 0.0, t)  # (B, L)
+    return t
+
+
+# ---- Sampling grid ----
+
+
+def sampling_schedule(num_steps, shift=1.0):
+    """Decreasing grid of num_steps + 1 times from 1 (noise) to 0 (data): a uniform grid,
+    shifted like the training t so sampling spends its steps where training did."""
+    check_static_count("num_steps", num_steps)
+    return shift_timesteps(jnp.linspace(1.0, 0.0, num_steps + 1), shift)  # (num_steps + 1,)

@@ -1,0 +1,368 @@
+"""Tests for soraj.diffusion: timesteps, flow-matching loss, Euler sampler, guidance."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from soraj.diffusion.objective import flow_matching_loss, noisy_input
+from soraj.diffusion.sampling import (
+    cfg_velocity_batched,
+    classifier_free_guidance,
+    euler_sample,
+)
+from soraj.diffusion.timesteps import (
+    logit_normal,
+    per_segment_timesteps,
+    resolution_shift,
+    sampling_schedule,
+    shift_timesteps,
+)
+
+
+def _sigmoid(x):
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+# ---- Timesteps ----
+
+
+def test_logit_normal_matches_closed_form_median_and_quadrature_mean():
+    mean, std, n = 0.5, 1.0, 200_000
+    t = np.asarray(logit_normal(jax.random.PRNGKey(0), (n,), mean, std))
+    assert t.min() > 0 and t.max() < 1
+    # Median of sigmoid(mean + std·z) is sigmoid(mean); its standard error here is ~7e-4.
+    np.testing.assert_allclose(np.median(t), _sigmoid(mean), atol=4e-3)
+    # The mean has no closed form: Gauss-Hermite quadrature of E[sigmoid(mean + std·z)].
+    nodes, weights = np.polynomial.hermite_e.hermegauss(80)
+    expected_mean = np.sum(weights * _sigmoid(mean + std * nodes)) / np.sqrt(2 * np.pi)
+    np.testing.assert_allclose(t.mean(), expected_mean, atol=3e-3)  # standard error ~5e-4
+
+
+def test_shift_timesteps_closed_form_identity_and_monotone():
+    t = jnp.linspace(0.0, 1.0, 101)
+    chex.assert_trees_all_close(shift_timesteps(t, 1.0), t, atol=1e-7)
+    np.testing.assert_allclose(
+        shift_timesteps(jnp.array([0.0, 0.25, 0.5, 1.0]), 3.0), [0.0, 0.5, 0.75, 1.0], atol=1e-6
+    )
+    np.testing.assert_allclose(shift_timesteps(jnp.array([0.5]), 0.5), [0.25 / 0.75], atol=1e-6)
+    for shift in (0.5, 3.0):
+        assert np.all(np.diff(np.asarray(shift_timesteps(t, shift))) > 0)
+    assert np.all(np.asarray(shift_timesteps(t[1:-1], 3.0)) > np.asarray(t[1:-1]))
+    with pytest.raises(ValueError, match="shift"):
+        shift_timesteps(t, 0.0)
+
+
+def test_resolution_shift_is_linear_between_anchors():
+    shifts = resolution_shift(jnp.array([256, 2176, 4096, 8192]))
+    np.testing.assert_allclose(shifts, [1.0, 2.0, 3.0, 1.0 + 2.0 * 7936 / 3840], rtol=1e-6)
+    with pytest.raises(ValueError, match="differ"):
+        resolution_shift(10, base_tokens=64, max_tokens=64)
+
+
+def test_sampling_schedule_endpoints_and_shift():
+    np.testing.assert_allclose(sampling_schedule(4), [1.0, 0.75, 0.5, 0.25, 0.0], atol=1e-7)
+    np.testing.assert_allclose(sampling_schedule(2, shift=3.0), [1.0, 0.75, 0.0], atol=1e-7)
+    for bad in (0, -1, 2.5, True):
+        with pytest.raises(ValueError, match="num_steps"):
+            sampling_schedule(bad)
+
+
+def _naive_per_segment_t(z, segment_ids, cond_mask, mean, std, anchors):
+    base_tokens, base_shift, max_tokens, max_shift = anchors
+    t = np.zeros(segment_ids.shape)
+    for b in range(segment_ids.shape[0]):
+        for i, sid in enumerate(segment_ids[b]):
+            if sid == 0 or cond_mask[b, i]:
+                continue
+            count = np.sum(segment_ids[b] == sid)
+            slope = (max_shift - base_shift) / (max_tokens - base_tokens)
+            shift = base_shift + slope * (count - base_tokens)
+            u = _sigmoid(mean + std * z[b, sid - 1])
+            t[b, i] = shift * u / (1 + (shift - 1) * u)
+    return t
+
+
+def test_per_segment_timesteps_against_naive_loop():
+    segment_ids = np.array(
+        [[1, 1, 1, 2, 2, 2, 2, 2, 2, 0, 0, 0], [1, 1, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3]], np.int32
+    )
+    cond_mask = np.zeros_like(segment_ids, bool)
+    cond_mask[0, 3] = cond_mask[1, 5] = cond_mask[1, 6] = True
+    rng = jax.random.PRNGKey(3)
+    anchors = (2, 1.0, 7, 3.0)  # small anchors so these few tokens span a real shift range
+    t = per_segment_timesteps(
+        rng, jnp.asarray(segment_ids), 3, jnp.asarray(cond_mask), mean=0.3, std=1.2,
+        shift_by_tokens=True, base_tokens=anchors[0], base_shift=anchors[1],
+        max_tokens=anchors[2], max_shift=anchors[3],
+    )  # fmt: skip
+    chex.assert_shape(t, segment_ids.shape)
+    z = np.asarray(jax.random.normal(rng, (2, 3), jnp.float32))  # the draw logit_normal makes
+    expected = _naive_per_segment_t(z, segment_ids, cond_mask, 0.3, 1.2, anchors)
+    np.testing.assert_allclose(t, expected, rtol=1e-5, atol=1e-6)
+
+    t = np.asarray(t)
+    assert np.all(t[segment_ids == 0] == 0) and np.all(t[cond_mask] == 0)
+    live = (segment_ids > 0) & ~cond_mask
+    for b in range(2):
+        per_segment = [np.unique(t[b][live[b] & (segment_ids[b] == s)]) for s in (1, 2, 3)]
+        present = [values for values in per_segment if values.size]
+        assert all(values.size == 1 for values in present)  # one t per segment
+        assert len({float(values[0]) for values in present}) == len(present)  # they differ
+
+
+def test_per_segment_timesteps_bigger_segment_gets_larger_t():
+    # std = 0 gives every segment the same draw sigmoid(0) = 0.5 before the shift; the
+    # 4-token segment has shift 1 (t = 0.5), the 12-token one shift 3 (t = 0.75).
+    segment_ids = jnp.asarray([[1] * 4 + [2] * 12])
+    common = dict(mean=0.0, std=0.0, base_tokens=4, max_tokens=12, max_shift=3.0)
+    t = per_segment_timesteps(jax.random.PRNGKey(0), segment_ids, 2, shift_by_tokens=True, **common)
+    np.testing.assert_allclose(t[0], [0.5] * 4 + [0.75] * 12, atol=1e-6)
+    t = per_segment_timesteps(jax.random.PRNGKey(0), segment_ids, 2, **common)
+    np.testing.assert_allclose(t[0], [0.5] * 16, atol=1e-6)
+    with pytest.raises(ValueError, match="max_segments"):
+        per_segment_timesteps(jax.random.PRNGKey(0), segment_ids, 0)
+
+
+# ---- Flow-matching loss ----
+
+TOKEN_WEIGHTS = np.linspace(-0.5, 0.7, 4).astype(np.float32)
+
+
+def _tokenwise_denoiser(x_t, t):
+    # Acts on each token alone, so padding and conditioning cannot reach real tokens.
+    return jnp.tanh(x_t) * TOKEN_WEIGHTS + t[..., None]
+
+
+def _naive_loss(x0, noise, t, segment_ids, cond_mask, max_segments):
+    x0, noise, t = (np.asarray(a, np.float64) for a in (x0, noise, t))
+    batch = x0.shape[0]
+    loss_per_segment = np.zeros((batch, max_segments))
+    valid = np.zeros((batch, max_segments), bool)
+    all_token_errors = []
+    for b in range(batch):
+        for s in range(1, max_segments + 1):
+            errors = []
+            for i in range(x0.shape[1]):
+                if segment_ids[b, i] != s or cond_mask[b, i]:
+                    continue
+                x_t = (1 - t[b, i]) * x0[b, i] + t[b, i] * noise[b, i]
+                v_pred = np.tanh(x_t) * TOKEN_WEIGHTS + t[b, i]
+                errors.append(np.mean((v_pred - (noise[b, i] - x0[b, i])) ** 2))
+            if errors:
+                loss_per_segment[b, s - 1], valid[b, s - 1] = np.mean(errors), True
+                all_token_errors += errors
+    per_sample = loss_per_segment[valid].mean()
+    return per_sample, np.mean(all_token_errors), loss_per_segment, valid
+
+
+def _packed_example(seed=0):
+    rng = np.random.default_rng(seed)
+    segment_ids = np.array(
+        [[1, 1, 1, 1, 2, 2, 0, 0, 0, 0], [1, 1, 1, 1, 1, 1, 1, 3, 3, 0]], np.int32
+    )  # row 1 has no segment 2: absent segments must not count
+    cond_mask = np.zeros_like(segment_ids, bool)
+    cond_mask[0, 0] = cond_mask[1, 7] = cond_mask[1, 8] = True  # row 1 segment 3 is all cond
+    x0 = rng.normal(size=(2, 10, 4)).astype(np.float32)
+    noise = rng.normal(size=(2, 10, 4)).astype(np.float32)
+    t = rng.uniform(size=(2, 10)).astype(np.float32)
+    return x0, noise, t, segment_ids, cond_mask
+
+
+class FlowMatchingLossTest(chex.TestCase):
+    @chex.variants(with_jit=True, without_jit=True)
+    def test_matches_naive_loop(self):
+        x0, noise, t, segment_ids, cond_mask = _packed_example()
+        per_sample, per_token, per_segment, valid = _naive_loss(
+            x0, noise, t, segment_ids, cond_mask, 3
+        )
+        for weighting, expected in (("per_sample", per_sample), ("per_token", per_token)):
+            loss_fn = self.variant(
+                flow_matching_loss, static_argnames=("denoise_fn", "max_segments", "weighting")
+            )
+            loss, aux = loss_fn(
+                _tokenwise_denoiser, x0, noise, t, segment_ids, cond_mask,
+                max_segments=3, weighting=weighting,
+            )  # fmt: skip
+            np.testing.assert_allclose(loss, expected, rtol=1e-5)
+            np.testing.assert_allclose(aux["loss_per_segment"], per_segment, rtol=1e-5)
+            np.testing.assert_array_equal(aux["segment_valid"], valid)
+        assert not np.isclose(per_sample, per_token)  # the example tells them apart
+
+
+def test_per_sample_weighting_counts_short_and_long_clips_equally():
+    # Zero prediction and x0 = 0: a token's error is mean(noise²). 10 tokens with error 1
+    # and 40 with error 3 give per_sample (1 + 3) / 2 = 2 and per_token 130 / 50 = 2.6.
+    segment_ids = np.array([[1] * 10 + [2] * 40 + [0] * 6], np.int32)
+    noise = np.ones((1, 56, 2), np.float32)
+    noise[0, 10:50] = np.sqrt(3.0)
+    noise[0, 50:] = 100.0  # padding: would dominate if it leaked in
+    x0, t = np.zeros_like(noise), np.full((1, 56), 0.3, np.float32)
+    zero_model = lambda x_t, t: jnp.zeros_like(x_t)
+    args = (zero_model, x0, noise, t, segment_ids, None, 2)
+    np.testing.assert_allclose(flow_matching_loss(*args, weighting="per_sample")[0], 2.0, rtol=1e-6)
+    np.testing.assert_allclose(flow_matching_loss(*args, weighting="per_token")[0], 2.6, rtol=1e-6)
+    with pytest.raises(ValueError, match="per_sample"):
+        flow_matching_loss(*args, weighting="mean")
+
+
+def test_padding_and_conditioning_tokens_do_not_change_the_loss():
+    x0, noise, t, segment_ids, cond_mask = _packed_example(seed=1)
+    ignored = (segment_ids == 0) | cond_mask
+    rng = np.random.default_rng(7)
+    x0_b, noise_b, t_b = x0.copy(), noise.copy(), t.copy()
+    x0_b[ignored] = rng.normal(size=x0_b[ignored].shape) * 1e3
+    noise_b[ignored] = rng.normal(size=noise_b[ignored].shape) * 1e3
+    t_b[ignored] = rng.uniform(size=t_b[ignored].shape)
+    for weighting in ("per_sample", "per_token"):
+        loss_a, _ = flow_matching_loss(
+            _tokenwise_denoiser, x0, noise, t, segment_ids, cond_mask, 3, weighting
+        )
+        loss_b, _ = flow_matching_loss(
+            _tokenwise_denoiser, x0_b, noise_b, t_b, segment_ids, cond_mask, 3, weighting
+        )
+        np.testing.assert_allclose(loss_a, loss_b, rtol=1e-6)
+
+
+def test_conditioning_tokens_are_shown_clean_with_t_zero():
+    x0, noise, t, segment_ids, cond_mask = _packed_example()
+    seen = {}
+
+    def spy(x_t, t_in):
+        seen["x_t"], seen["t"] = x_t, t_in
+        return jnp.zeros_like(x_t)
+
+    flow_matching_loss(spy, x0, noise, t, segment_ids, cond_mask, 3)
+    np.testing.assert_array_equal(np.asarray(seen["t"])[cond_mask], 0.0)
+    np.testing.assert_array_equal(np.asarray(seen["x_t"])[cond_mask], x0[cond_mask])
+    expected_x_t = (1 - t[..., None]) * x0 + t[..., None] * noise
+    np.testing.assert_allclose(noisy_input(x0, noise, t), expected_x_t, rtol=1e-6)
+
+
+# ---- Euler sampler ----
+
+
+def _single_point_velocity(x0):
+    # Exact velocity of the straight path through one known x0: x_t - x0 = t·(ε - x0).
+    return lambda x_t, t: (x_t - x0) / t[..., None]
+
+
+@pytest.mark.parametrize("num_steps, shift", [(1, 1.0), (2, 1.0), (3, 3.0), (4, 0.5)])
+def test_euler_with_oracle_velocity_lands_on_x0(num_steps, shift):
+    keys = jax.random.split(jax.random.PRNGKey(0), 2)
+    x0 = jax.random.normal(keys[0], (2, 5, 3))
+    noise = jax.random.normal(keys[1], (2, 5, 3))
+    sample = euler_sample(_single_point_velocity(x0), noise, num_steps, shift=shift)
+    chex.assert_shape(sample, (2, 5, 3))
+    chex.assert_trees_all_close(sample, x0, atol=1e-5)
+
+
+def _gaussian_marginal_velocity(mu, sigma):
+    # x0 ~ N(mu, sigma²), ε ~ N(0, 1), x_t = (1-t)·x0 + t·ε. x_t is Gaussian with mean
+    # (1-t)·mu and variance s² = (1-t)²σ² + t²; Cov(x0, x_t) = (1-t)σ², Cov(ε, x_t) = t, so
+    # E[ε - x0 | x_t = x] = -mu + (t - (1-t)σ²) / s² · (x - (1-t)·mu).
+    def velocity_fn(x_t, t):
+        t = t[..., None]
+        variance = (1 - t) ** 2 * sigma**2 + t**2
+        return -mu + (t - (1 - t) * sigma**2) / variance * (x_t - (1 - t) * mu)
+
+    return velocity_fn
+
+
+def test_euler_maps_standard_normal_to_gaussian_data():
+    mu, sigma = 1.5, 0.4
+    noise = np.random.default_rng(0).normal(size=(1, 4096, 1))
+    noise = jnp.asarray((noise - noise.mean()) / noise.std(), jnp.float32)  # exactly N(0, 1)
+    sample = euler_sample(_gaussian_marginal_velocity(mu, sigma), noise, 200)
+    # The flow is affine in x, so the sample's moments are mu, sigma up to Euler's O(1/200).
+    np.testing.assert_allclose(float(sample.mean()), mu, atol=1e-2)
+    np.testing.assert_allclose(float(sample.std()), sigma, atol=1e-2)
+    # A crude 4-step solve is measurably worse, so the tolerance above has teeth.
+    coarse = euler_sample(_gaussian_marginal_velocity(mu, sigma), noise, 4)
+    assert float(jnp.abs(coarse.std() - sigma)) > 1e-2
+    # The exact flow is x_t = (1-t)·mu + s_t·ε, so each sample should land on mu + sigma·ε,
+    # with Euler's first-order error: halving the step halves the worst per-sample error.
+    exact = mu + sigma * noise
+    half_steps = euler_sample(_gaussian_marginal_velocity(mu, sigma), noise, 100)
+    error_ratio = jnp.abs(half_steps - exact).max() / jnp.abs(sample - exact).max()
+    assert 1.8 < float(error_ratio) < 2.2
+
+
+def test_euler_holds_conditioning_tokens_with_t_zero():
+    keys = jax.random.split(jax.random.PRNGKey(1), 2)
+    x0 = jax.random.normal(keys[0], (1, 6, 2))
+    noise = jax.random.normal(keys[1], (1, 6, 2))
+    cond_mask = jnp.array([[True, True, False, False, False, False]])
+    oracle = _single_point_velocity(x0)
+
+    def velocity_fn(x_t, t):
+        # Off by the mean t of the conditioning tokens, which the sampler must keep at 0;
+        # on them it talks nonsense, which the sampler must ignore.
+        cond_t = jnp.sum(jnp.where(cond_mask, t, 0.0)) / 2
+        safe_t = jnp.where(cond_mask, 1.0, t)
+        v = oracle(x_t, safe_t) + cond_t
+        return jnp.where(cond_mask[..., None], 1e3, v)
+
+    sample = euler_sample(velocity_fn, noise, 3, cond_x0=x0, cond_mask=cond_mask)
+    chex.assert_trees_all_close(sample, x0, atol=1e-5)
+    with pytest.raises(ValueError, match="together"):
+        euler_sample(velocity_fn, noise, 3, cond_mask=cond_mask)
+
+
+def test_euler_compiles_once_for_all_steps_and_noises():
+    traces = []
+
+    def velocity_fn(x_t, t):
+        traces.append(1)  # Python side effect: runs only while tracing
+        return -x_t
+
+    sampler = jax.jit(lambda noise: euler_sample(velocity_fn, noise, num_steps=8))
+    first = sampler(jnp.ones((1, 3, 2)))
+    second = sampler(2 * jnp.ones((1, 3, 2)))
+    assert len(traces) == 1  # one trace of the loop body, not one per step or per call
+    # dx/dt = -x integrated from 1 to 0 in 8 Euler steps of -1/8: x·(1 + 1/8)^8.
+    np.testing.assert_allclose(first, np.full((1, 3, 2), 1.125**8), rtol=1e-6)
+    np.testing.assert_allclose(second, np.full((1, 3, 2), 2 * 1.125**8), rtol=1e-6)
+
+
+def test_euler_rejects_bad_num_steps():
+    for bad in (0, 1.5, None):
+        with pytest.raises(ValueError, match="num_steps"):
+            euler_sample(lambda x, t: x, jnp.zeros((1, 2, 3)), bad)
+
+
+# ---- Classifier-free guidance ----
+
+
+def _cond_model(x_t, t):
+    return 2.0 * x_t + t[..., None]
+
+
+def _uncond_model(x_t, t):
+    return jnp.sin(x_t) - t[..., None]
+
+
+def test_guidance_scales_select_and_extrapolate():
+    x_t = jax.random.normal(jax.random.PRNGKey(0), (3, 4, 2))
+    t = jax.random.uniform(jax.random.PRNGKey(1), (3, 4))
+    v_c, v_u = np.asarray(_cond_model(x_t, t)), np.asarray(_uncond_model(x_t, t))
+    for scale, expected in ((1.0, v_c), (0.0, v_u), (4.0, v_u + 4.0 * (v_c - v_u))):
+        guided = classifier_free_guidance(_cond_model, _uncond_model, scale)(x_t, t)
+        np.testing.assert_allclose(guided, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_batched_guidance_equals_unbatched():
+    x_t = jax.random.normal(jax.random.PRNGKey(2), (3, 4, 2))
+    t = jax.random.uniform(jax.random.PRNGKey(3), (3, 4))
+    batch_sizes = []
+
+    def fn_both(x, t_both):
+        batch_sizes.append(x.shape[0])
+        return jnp.concatenate([_cond_model(x[:3], t_both[:3]), _uncond_model(x[3:], t_both[3:])])
+
+    for scale in (0.0, 1.0, 4.5):
+        batched = cfg_velocity_batched(fn_both, scale)(x_t, t)
+        unbatched = classifier_free_guidance(_cond_model, _uncond_model, scale)(x_t, t)
+        chex.assert_trees_all_close(batched, unbatched, atol=1e-6)
+    assert batch_sizes == [6, 6, 6]  # one doubled call per evaluation
