@@ -1,0 +1,213 @@
+"""Transformer blocks: segment-masked attention, 3D RoPE, MLP, norms, timestep embedding."""
+
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+ATTENTION_BACKENDS = ("xla", "cudnn")
+
+# Finite, so a query with no valid key gives a uniform (not NaN) softmax that we then zero.
+_MASKED_LOGIT = -1e30
+
+
+#################### Norms and modulation ####################
+
+
+def layer_norm(x: jnp.ndarray, eps: float = 1e-6) -> jnp.ndarray:
+    """LayerNorm without affine parameters, computed in f32, returned in x's dtype."""
+    x32 = x.astype(jnp.float32)
+    mean = x32.mean(axis=-1, keepdims=True)
+    var = jnp.square(x32 - mean).mean(axis=-1, keepdims=True)
+    return ((x32 - mean) * jax.lax.rsqrt(var + eps)).astype(x.dtype)
+
+
+class RMSNorm(nn.Module):
+    """RMSNorm over the last axis with a learned scale; statistics in f32."""
+
+    eps: float = 1e-6
+    scale_axis_name: str = "kv"
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+        scale = self.param(
+            "scale",
+            nn.with_logical_partitioning(nn.initializers.ones, (self.scale_axis_name,)),
+            (x.shape[-1],),
+            jnp.float32,
+        )
+        x32 = x.astype(jnp.float32)
+        x32 = x32 * jax.lax.rsqrt(jnp.square(x32).mean(axis=-1, keepdims=True) + self.eps)
+        return (x32 * scale).astype(x.dtype)
+
+
+def modulate(x: jnp.ndarray, shift: jnp.ndarray, scale: jnp.ndarray) -> jnp.ndarray:
+    """adaLN modulation with per-token shift/scale: all (B, L, D)."""
+    return x * (1 + scale) + shift
+
+
+#################### 3D rotary embedding ####################
+
+
+def default_rope_axes_dims(head_dim: int) -> tuple[int, int, int]:
+    """Split K into even (kt, kh, kw): time gets about a quarter, height and width share the rest.
+
+    For K=64 this gives (16, 24, 24); for K=72, (20, 26, 26).
+    """
+    if head_dim % 2 or head_dim < 6:
+        raise ValueError(
+            f"3D RoPE needs an even head_dim of at least 6 (one rotation pair per axis), "
+            f"got {head_dim}"
+        )
+    pairs = head_dim // 2
+    spatial_pairs = (pairs - pairs // 4) // 2
+    temporal_pairs = pairs - 2 * spatial_pairs
+    return (2 * temporal_pairs, 2 * spatial_pairs, 2 * spatial_pairs)
+
+
+def rope_3d(
+    coords: jnp.ndarray,
+    head_dim: int,
+    axes_dims: tuple[int, int, int] | None = None,
+    theta: float = 10000.0,
+) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """coords int (B, L, 3) -> (cos, sin), each f32 (B, L, K/2).
+
+    Rotation pair i belongs to one coordinate axis: the first kt/2 pairs to t, then kh/2 to h,
+    then kw/2 to w; within an axis the frequencies are theta^(-2j/k_axis).
+    """
+    axes_dims = default_rope_axes_dims(head_dim) if axes_dims is None else tuple(axes_dims)
+    if len(axes_dims) != 3 or any(d <= 0 or d % 2 for d in axes_dims):
+        raise ValueError(f"axes_dims must be three positive even ints, got {axes_dims}")
+    if sum(axes_dims) != head_dim:
+        raise ValueError(f"axes_dims {axes_dims} must sum to head_dim={head_dim}")
+    angles = []
+    for axis, dim in enumerate(axes_dims):
+        freqs = theta ** (-jnp.arange(0, dim, 2, dtype=jnp.float32) / dim)  # (k_axis/2,)
+        angles.append(coords[..., axis, None].astype(jnp.float32) * freqs)  # (B, L, k_axis/2)
+    angles = jnp.concatenate(angles, axis=-1)  # (B, L, K/2)
+    return jnp.cos(angles), jnp.sin(angles)
+
+
+def apply_rope(x: jnp.ndarray, cos: jnp.ndarray, sin: jnp.ndarray) -> jnp.ndarray:
+    """Rotate interleaved pairs (x[2i], x[2i+1]) of x (B, L, N, K) by the angles of pair i."""
+    x32 = x.astype(jnp.float32)
+    x_even, x_odd = x32[..., 0::2], x32[..., 1::2]  # (B, L, N, K/2)
+    cos, sin = cos[:, :, None, :], sin[:, :, None, :]  # (B, L, 1, K/2)
+    rotated = jnp.stack([x_even * cos - x_odd * sin, x_even * sin + x_odd * cos], axis=-1)
+    return rotated.reshape(x.shape).astype(x.dtype)  # (B, L, N, K)
+
+
+#################### Attention ####################
+
+
+def segment_mask(
+    q_segment_ids: jnp.ndarray, kv_segment_ids: jnp.ndarray, kv_mask: jnp.ndarray | None = None
+) -> jnp.ndarray:
+    """bool (B, L, M): same segment, query not padding, key allowed."""
+    mask = q_segment_ids[:, :, None] == kv_segment_ids[:, None, :]
+    mask &= (q_segment_ids != 0)[:, :, None]
+    if kv_mask is not None:
+        mask &= kv_mask[:, None, :].astype(bool)
+    return mask  # (B, L, M)
+
+
+def _xla_attention(q, k, v, mask):
+    scale = 1.0 / math.sqrt(q.shape[-1])
+    logits = jnp.einsum("blnk,bmnk->bnlm", q, k, preferred_element_type=jnp.float32) * scale
+    logits = jnp.where(mask[:, None], logits, _MASKED_LOGIT)  # (B, N, L, M)
+    probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+    return jnp.einsum("bnlm,bmnk->blnk", probs, v)  # (B, L, N, K)
+
+
+def attention(
+    q: jnp.ndarray,
+    k: jnp.ndarray,
+    v: jnp.ndarray,
+    *,
+    q_segment_ids: jnp.ndarray,
+    kv_segment_ids: jnp.ndarray,
+    kv_mask: jnp.ndarray | None = None,
+    backend: str = "xla",
+) -> jnp.ndarray:
+    """Segment-masked softmax attention: q (B, L, N, K), k/v (B, M, N, K) -> (B, L, N, K).
+
+    A query attends only to keys of its own segment (and with kv_mask True); padding queries
+    (segment 0) and queries with no valid key output exactly 0.
+    Backends: "xla" (dense reference) or "cudnn" (jax.nn.dot_product_attention, which picks
+    cuDNN flash attention where it can and XLA otherwise).
+    """
+    if backend not in ATTENTION_BACKENDS:
+        raise ValueError(
+            f"unknown attention backend {backend!r}; allowed: {', '.join(ATTENTION_BACKENDS)}"
+        )
+    if q.ndim != 4 or k.shape != v.shape or k.ndim != 4:
+        raise ValueError(
+            f"q must be (B, L, N, K) and k, v (B, M, N, K); got {q.shape}, {k.shape}, {v.shape}"
+        )
+    mask = segment_mask(q_segment_ids, kv_segment_ids, kv_mask)  # (B, L, M)
+    if backend == "xla":
+        out = _xla_attention(q, k, v, mask)
+    else:
+        out = jax.nn.dot_product_attention(q, k, v, mask=mask[:, None], implementation=None)
+    has_key = mask.any(axis=-1)[:, :, None, None]  # (B, L, 1, 1)
+    return jnp.where(has_key, out, 0).astype(q.dtype)  # (B, L, N, K)
+
+
+#################### MLP and timestep embedding ####################
+
+
+def dense_init(axes: tuple[str, ...], init=None):
+    """A kernel initializer (xavier_uniform unless given) tagged with logical axis names."""
+    init = nn.initializers.xavier_uniform() if init is None else init
+    return nn.with_logical_partitioning(init, axes)
+
+
+class Mlp(nn.Module):
+    """Dense -> GELU(tanh) -> Dense."""
+
+    hidden_dim: int
+    out_dim: int
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+        dense = dict(dtype=self.dtype, param_dtype=jnp.float32)
+        x = nn.Dense(self.hidden_dim, kernel_init=dense_init(("embed", "mlp")), **dense)(x)
+        x = nn.gelu(x, approximate=True)  # (B, L, hidden)
+        return nn.Dense(self.out_dim, kernel_init=dense_init(("mlp", "embed")), **dense)(x)
+
+
+def timestep_sinusoid(
+    t: jnp.ndarray, dim: int = 256, max_period: float = 10000.0, time_scale: float = 1000.0
+) -> jnp.ndarray:
+    """t in [0, 1], any shape (...) -> f32 (..., dim) as [cos, sin] of t·time_scale·freqs.
+
+    Always f32: in bf16, t·1000 ≈ 937 has a spacing of 4, which scrambles the phases.
+    """
+    if dim % 2:
+        raise ValueError(f"frequency embedding size must be even, got {dim}")
+    half = dim // 2
+    freqs = jnp.exp(-math.log(max_period) * jnp.arange(half, dtype=jnp.float32) / half)
+    args = (t.astype(jnp.float32) * time_scale)[..., None] * freqs  # (..., dim/2)
+    return jnp.concatenate([jnp.cos(args), jnp.sin(args)], axis=-1)  # (..., dim)
+
+
+class TimestepEmbedder(nn.Module):
+    """t (B, L) -> (B, L, D): f32 sinusoid, then Dense -> SiLU -> Dense in the compute dtype."""
+
+    width: int
+    frequency_embedding_size: int = 256
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, t: jnp.ndarray) -> jnp.ndarray:
+        freq = timestep_sinusoid(t, self.frequency_embedding_size)  # (B, L, 256)
+        self.sow("intermediates", "frequency_embedding", freq)
+        dense = dict(dtype=self.dtype, param_dtype=jnp.float32)
+        init = dense_init(("freq", "mlp"), nn.initializers.normal(0.02))
+        x = nn.Dense(self.width, kernel_init=init, **dense)(freq)
+        x = nn.silu(x)
+        init = dense_init(("mlp", "embed"), nn.initializers.normal(0.02))
+        return nn.Dense(self.width, kernel_init=init, **dense)(x)  # (B, L, D)
