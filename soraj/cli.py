@@ -1,0 +1,162 @@
+"""The `soraj` command: generate, demo, train, train-vae, make-dataset, evaluate."""
+
+import argparse
+import sys
+from pathlib import Path
+
+COMMANDS = ("generate", "demo", "train", "train-vae", "make-dataset", "evaluate")
+USAGE = f"""usage: soraj COMMAND [options]
+
+commands:
+  generate      prompt → mp4 + gif + json from a checkpoint
+  demo          generate from the shipped Shapes checkpoint (trains a quick one if missing)
+  train         train the DiT: --config=soraj/configs/t2v.py:tiny --workdir=DIR [--config.x=...]
+  train-vae     train the VAE: --config=soraj/configs/vae.py:tiny --workdir=DIR [--config.x=...]
+  make-dataset  write a dataset as TFDS ArrayRecord (shapes)
+  evaluate      shapes-probe accuracy of a checkpoint on held-out prompts
+
+`soraj COMMAND --help` shows a command's options. Allowed commands: {", ".join(COMMANDS)}"""
+
+
+# ---- Training commands (absl flags + ml_collections configs) --------------------------------
+
+
+def run_trainer(command: str, argv: list[str]):
+    from absl import app, flags, logging
+    from ml_collections import config_flags
+
+    default = "soraj/configs/t2v.py" if command == "train" else "soraj/configs/vae.py"
+    config_flags.DEFINE_config_file(
+        "config", default, "training config file[:arg]", lock_config=True
+    )
+    flags.DEFINE_string("workdir", None, "where checkpoints, metrics and samples go", required=True)
+
+    def main(_):
+        logging.set_verbosity(logging.WARNING)  # orbax logs every file it writes at INFO
+        if command == "train":
+            from soraj.train import train_and_evaluate
+        else:
+            from soraj.train_vae import train_and_evaluate
+        train_and_evaluate(flags.FLAGS.config, flags.FLAGS.workdir)
+
+    app.run(main, argv=[f"soraj {command}", *argv])
+
+
+# ---- generate ---------------------------------------------------------------------------------
+
+
+def generate_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="soraj generate", description="prompt → video")
+    parser.add_argument("--checkpoint", required=True, help="bundle (dit/ + vae/) or train workdir")
+    parser.add_argument("--prompt", required=True)
+    parser.add_argument("--frames", type=int, default=9)
+    parser.add_argument("--height", type=int, default=32)
+    parser.add_argument("--width", type=int, default=32)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--guidance", type=float, default=4.0)
+    parser.add_argument("--out", default="out/generate")
+    return parser
+
+
+def check_generate_args(args) -> None:
+    """Every check that needs no weights, so bad input fails before anything loads."""
+    from soraj.generate import BundleGeometry, resolve_bundle
+
+    if not args.prompt.strip():
+        raise ValueError(
+            "--prompt is empty: give a text prompt, e.g. 'A large red circle moves "
+            "up. The background is black.'"
+        )
+    if args.steps < 1:
+        raise ValueError(f"--steps must be a positive integer, got {args.steps}")
+    if args.frames < 1:
+        raise ValueError(
+            f"--frames must be a positive integer of the form 1 + ft·k, got {args.frames}"
+        )
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        raise ValueError(f"--out {args.out} is a file; give a directory (it is created if missing)")
+    if not Path(args.checkpoint).exists():
+        raise ValueError(f"--checkpoint {args.checkpoint} does not exist")
+    BundleGeometry.read(resolve_bundle(args.checkpoint)).check(args.frames, args.height, args.width)
+
+
+def run_generate(argv: list[str], demo_probe: bool = False):
+    args = generate_parser().parse_args(argv)
+    try:
+        check_generate_args(args)
+    except ValueError as error:
+        sys.exit(f"soraj generate: error: {error}")
+    from soraj.generate import Generator, generate_to_files
+
+    generator = Generator.load(args.checkpoint)
+    settings = {
+        k: getattr(args, k)
+        for k in ("prompt", "checkpoint", "frames", "height", "width", "seed", "steps", "guidance")
+    }
+    video, paths, seconds = generate_to_files(
+        generator,
+        args.prompt,
+        Path(args.out),
+        args.frames,
+        args.height,
+        args.width,
+        args.seed,
+        args.steps,
+        args.guidance,
+        settings,
+    )
+    print(f"generated {video.shape[0]}×{video.shape[1]}×{video.shape[2]} in {seconds:.1f} s")
+    for kind, path in paths.items():
+        print(f"wrote {kind}: {path}")
+    return video, args
+
+
+def run_make_dataset(argv: list[str]):
+    parser = argparse.ArgumentParser(
+        prog="soraj make-dataset", description="write a dataset as TFDS ArrayRecord"
+    )
+    parser.add_argument("name", choices=["shapes"])
+    parser.add_argument("--data-dir", default="data/tfds")
+    parser.add_argument("--num-clips", type=int, default=1000)
+    parser.add_argument("--num-validation", type=int, default=100)
+    parser.add_argument("--frames", type=int, default=9)
+    parser.add_argument("--height", type=int, default=32)
+    parser.add_argument("--width", type=int, default=32)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    from soraj.data.tfds_shapes import make_shapes_dataset
+
+    make_shapes_dataset(
+        args.data_dir,
+        args.num_clips,
+        args.frames,
+        args.height,
+        args.width,
+        seed=args.seed,
+        num_validation=args.num_validation,
+    )
+
+
+def main(argv: list[str] | None = None):
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help"):
+        print(USAGE)
+        return
+    command, rest = argv[0], argv[1:]
+    if command in ("train", "train-vae"):
+        run_trainer(command, rest)
+    elif command == "generate":
+        run_generate(rest)
+    elif command == "demo":
+        from soraj.demo import run_demo
+
+        run_demo(rest)
+    elif command == "make-dataset":
+        run_make_dataset(rest)
+    elif command == "evaluate":
+        from soraj.eval.evaluate import evaluate_command
+
+        evaluate_command(rest)
+    else:
+        sys.exit(f"soraj: unknown command {command!r}; allowed: {', '.join(COMMANDS)}")

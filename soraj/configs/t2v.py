@@ -1,0 +1,82 @@
+"""Text-to-video DiT training config: `--config=soraj/configs/t2v.py:tiny` (CPU) or `:S/2` ..."""
+
+import ml_collections
+
+# Per preset: the DiT preset, the clips (frames, height, width) and the batch size.
+_PRESETS = {
+    "tiny": dict(model="tiny", num_frames=9, height=32, width=32, batch_size=32),
+    "S/2": dict(model="S/2", num_frames=17, height=256, width=256, batch_size=64),
+    "B/2": dict(model="B/2", num_frames=17, height=256, width=256, batch_size=64),
+    "L/2": dict(model="L/2", num_frames=33, height=256, width=256, batch_size=128),
+    "XL/2": dict(model="XL/2", num_frames=33, height=256, width=256, batch_size=256),
+}
+
+
+def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
+    if arg not in _PRESETS:
+        raise ValueError(f"unknown t2v config {arg!r}; allowed: {sorted(_PRESETS)}")
+    preset = _PRESETS[arg]
+    from soraj.models.dit import DIT_PRESETS  # the preset table owns the model sizes
+
+    dit = DIT_PRESETS[preset["model"]]
+    config = ml_collections.ConfigDict()
+    config.seed = 0
+    config.vae_checkpoint = ""  # a `soraj train-vae` workdir or an exported inference checkpoint
+
+    config.model = ml_collections.ConfigDict()
+    config.model.width = dit.width
+    config.model.depth = dit.depth
+    config.model.num_heads = dit.num_heads
+    config.model.mlp_ratio = dit.mlp_ratio
+    config.model.patch_size = tuple(dit.patch_size)
+    config.model.attention_backend = dit.attention_backend
+    config.model.dtype = "float32"
+
+    config.text = ml_collections.ConfigDict()
+    config.text.encoder = "minilm"
+    config.text.max_tokens = 32
+    # Only for encoder="bytes": the trainable byte-level encoder, trained with the DiT.
+    config.text.byte_width = 256
+    config.text.byte_depth = 2
+    config.text.byte_heads = 4
+
+    config.data = ml_collections.ConfigDict()
+    config.data.source = "shapes"
+    config.data.split = "train"  # held-out colour-shape pairs never appear in training
+    config.data.num_clips = 20_000
+    config.data.num_frames = preset["num_frames"]
+    config.data.height = preset["height"]
+    config.data.width = preset["width"]
+    config.data.caption_dropout = 0.1  # the null text teaches the unconditional velocity for CFG
+    config.batch_size = preset["batch_size"]
+
+    config.diffusion = ml_collections.ConfigDict()
+    config.diffusion.timestep_mean = 0.0
+    config.diffusion.timestep_std = 1.0
+    config.diffusion.shift_by_tokens = False
+    config.diffusion.weighting = "per_sample"
+
+    config.optim = ml_collections.ConfigDict()
+    config.optim.learning_rate = 5e-4
+    config.optim.warmup_steps = 500
+    config.optim.decay_steps = 0
+    config.optim.weight_decay = 0.0
+    config.optim.b1 = 0.9
+    config.optim.b2 = 0.99
+    config.optim.grad_clip = 1.0
+    config.optim.ema_decay = 0.999
+
+    config.sample = ml_collections.ConfigDict()
+    config.sample.steps = 30
+    config.sample.guidance = 4.0
+    config.sample.prompt = (
+        "A large red circle moves to the right. A small blue square stays still. "
+        "The background is black."
+    )
+
+    config.total_steps = 12_000
+    config.log_every = 50
+    config.save_every = 1000
+    config.sample_every = 2000
+    config.keep_checkpoints = 2
+    return config

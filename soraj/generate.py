@@ -1,0 +1,239 @@
+"""Prompt → video: load an exported DiT + VAE, solve the flow ODE with guidance, decode, write."""
+
+import dataclasses
+import functools
+import json
+import re
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from soraj import checkpoint
+from soraj.data.video_io import write_gif, write_mp4
+from soraj.diffusion.sampling import cfg_velocity_batched, euler_sample
+from soraj.models import patching
+from soraj.models.dit import DiT, DiTConfig
+from soraj.models.latent_codec import LatentCodec
+from soraj.models.text import ByteEncoder, MiniLMEncoder, byte_tokenize
+
+# ---- Locating checkpoints -------------------------------------------------------------------
+
+
+def resolve_bundle(directory: str | Path) -> Path:
+    """A generation bundle holds dit/ and vae/ exports. A `soraj train` workdir holds one in
+    export/, so either folder may be given."""
+    directory = Path(directory)
+    for candidate in (directory, directory / "export"):
+        if checkpoint.is_export(candidate / "dit") and checkpoint.is_export(candidate / "vae"):
+            return candidate
+    raise ValueError(
+        f"no checkpoint at {directory}: expected dit/ and vae/ exports there or in "
+        f"{directory / 'export'} (written by `soraj train`)"
+    )
+
+
+def dit_config_from_dict(fields: dict) -> DiTConfig:
+    return DiTConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()})
+
+
+@dataclasses.dataclass(frozen=True)
+class BundleGeometry:
+    """What a request is checked against before any weights are loaded."""
+
+    temporal_factor: int
+    spatial_factor: int
+    patch_size: tuple[int, int, int]
+
+    @classmethod
+    def read(cls, bundle: Path) -> "BundleGeometry":
+        vae = checkpoint.load_export_config(bundle / "vae")["vae_config"]
+        dit = checkpoint.load_export_config(bundle / "dit")["dit_config"]
+        return cls(
+            2 ** sum(vae["temporal_downsample"]),
+            2 ** sum(vae["spatial_downsample"]),
+            tuple(dit["patch_size"]),
+        )
+
+    def check(self, frames: int, height: int, width: int):
+        pt, ph, pw = self.patch_size
+        ft, fs = self.temporal_factor, self.spatial_factor
+        if frames < 1 or (frames - 1) % ft or ((frames - 1) // ft + 1) % pt:
+            raise ValueError(
+                f"--frames must be 1 + {ft}·k (k ≥ 0) for this checkpoint's VAE "
+                f"(1, {1 + ft}, {1 + 2 * ft}, {1 + 3 * ft}, ...), got {frames}"
+            )
+        for name, size, patch in (("height", height, ph), ("width", width, pw)):
+            if size < fs * patch or size % (fs * patch):
+                raise ValueError(
+                    f"--{name} must be a positive multiple of {fs * patch} (VAE factor {fs} × "
+                    f"patch {patch}), e.g. {fs * patch}, {2 * fs * patch}, {4 * fs * patch}; "
+                    f"got {size}"
+                )
+
+
+# ---- The generator --------------------------------------------------------------------------
+
+
+class TextConditioner:
+    """Turns prompts into (states (B, 1, M, E), mask (B, 1, M)) for one-segment rows."""
+
+    def __init__(self, text_config: dict, text_params=None):
+        self.kind = text_config["encoder"]
+        self.max_tokens = text_config["max_tokens"]
+        if self.kind == "minilm":
+            self.encoder = MiniLMEncoder(max_tokens=self.max_tokens)
+        elif self.kind == "bytes":
+            self.module = ByteEncoder(**text_config["byte_encoder"])
+            self.params = text_params
+        else:
+            raise ValueError(f"unknown text encoder {self.kind!r}; allowed: 'minilm', 'bytes'")
+
+    def __call__(self, prompts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        if self.kind == "minilm":
+            states, mask = self.encoder.encode(prompts)  # (B, M, E), (B, M)
+        else:
+            ids, mask = byte_tokenize(prompts, self.max_tokens)
+            states = self.module.apply({"params": self.params}, ids, mask)
+        return np.asarray(states)[:, None], np.asarray(mask)[:, None]
+
+
+@functools.partial(jax.jit, static_argnames=("dit", "grid", "num_steps"))
+def sample_tokens(
+    params,
+    text,
+    text_mask,
+    null_text,
+    null_mask,
+    rng,
+    guidance,
+    *,
+    dit: DiT,
+    grid: tuple[int, int, int],
+    num_steps: int,
+):
+    """Noise → clean latent tokens (B, N, P) for rows of one sample each, with batched CFG."""
+    batch = text.shape[0]
+    num_tokens = grid[0] * grid[1] * grid[2]
+    coords = jnp.broadcast_to(patching.patch_coords(grid), (2 * batch, num_tokens, 3))
+    segment_ids = jnp.ones((2 * batch, num_tokens), jnp.int32)
+    text_both = jnp.concatenate([text, jnp.broadcast_to(null_text, text.shape)])
+    mask_both = jnp.concatenate([text_mask, jnp.broadcast_to(null_mask, text_mask.shape)])
+
+    def both(x_t, t):  # rows [0, B) conditioned, [B, 2B) on the null text
+        return dit.apply({"params": params}, x_t, t, coords, segment_ids, text_both, mask_both)
+
+    noise = jax.random.normal(rng, (batch, num_tokens, dit.config.patch_features))
+    return euler_sample(cfg_velocity_batched(both, guidance), noise, num_steps)
+
+
+@dataclasses.dataclass
+class Generator:
+    codec: LatentCodec
+    dit: DiT
+    dit_params: dict
+    text: TextConditioner
+
+    @classmethod
+    def load(cls, directory: str | Path) -> "Generator":
+        bundle = resolve_bundle(directory)
+        codec = LatentCodec.load(bundle / "vae")
+        stored = checkpoint.load_export_config(bundle / "dit")
+        dit = DiT(dit_config_from_dict(stored["dit_config"]))
+        abstract = jax.eval_shape(lambda: init_params(dit, stored["text"], jax.random.key(0)))
+        params, _ = checkpoint.load_export(bundle / "dit", abstract)
+        return cls(codec, dit, params["dit"], TextConditioner(stored["text"], params.get("text")))
+
+    def __call__(self, prompts, frames, height, width, seed=0, steps=30, guidance=4.0):
+        """uint8 videos (B, frames, height, width, 3), one per prompt."""
+        latent = self.codec.latent_shape(frames, height, width)  # (T', H', W', C)
+        grid = patching.grid_shape(latent[:3], self.dit.config.patch_size)
+        text, text_mask = self.text(list(prompts))
+        null_text, null_mask = self.text([""])
+        tokens = sample_tokens(
+            self.dit_params,
+            text,
+            text_mask,
+            null_text,
+            null_mask,
+            jax.random.key(seed),
+            jnp.float32(guidance),
+            dit=self.dit,
+            grid=grid,
+            num_steps=steps,
+        )
+        unpatch = functools.partial(
+            patching.unpatchify,
+            grid=grid,
+            patch_size=self.dit.config.patch_size,
+            channels=latent[3],
+        )
+        latents = jax.vmap(unpatch)(tokens)  # (B, T', H', W', C)
+        return np.asarray(jax.jit(self.codec.decode)(self.codec.params, latents))
+
+
+def init_params(dit: DiT, text_config: dict, rng) -> dict:
+    """The param tree a DiT export holds: {"dit": ...} plus {"text": ...} for a trainable
+    text encoder. Used to build abstract trees for restoring."""
+    e, m = dit.config.text_width, text_config["max_tokens"]
+    n = 4
+    x = jnp.zeros((1, n, dit.config.patch_features))
+    params = {
+        "dit": dit.init(
+            rng,
+            x,
+            jnp.zeros((1, n)),
+            jnp.zeros((1, n, 3), jnp.int32),
+            jnp.ones((1, n), jnp.int32),
+            jnp.zeros((1, 1, m, e)),
+            jnp.ones((1, 1, m), bool),
+        )["params"]
+    }
+    if text_config["encoder"] == "bytes":
+        module = ByteEncoder(**text_config["byte_encoder"])
+        params["text"] = module.init(rng, jnp.zeros((1, m), jnp.int32), jnp.ones((1, m), bool))[
+            "params"
+        ]
+    return params
+
+
+# ---- Writing results ------------------------------------------------------------------------
+
+
+def slug(prompt: str, limit: int = 48) -> str:
+    return re.sub(r"[^a-z0-9]+", "_", prompt.lower()).strip("_")[:limit] or "video"
+
+
+def write_video_files(out_dir: Path, name: str, video: np.ndarray, settings: dict) -> dict:
+    """Writes NAME.mp4 (H.264), NAME.gif and NAME.json (settings + timing); returns paths."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    upscale = max(1, 256 // max(video.shape[1:3]))  # tiny canvases are upscaled for viewing
+    paths = {
+        "mp4": str(write_mp4(out_dir / f"{name}.mp4", video, upscale=upscale)),
+        "gif": str(write_gif(out_dir / f"{name}.gif", video, upscale=upscale)),
+    }
+    paths["json"] = str(out_dir / f"{name}.json")
+    Path(paths["json"]).write_text(json.dumps({**settings, "files": paths}, indent=2))
+    return paths
+
+
+def generate_to_files(
+    generator: Generator,
+    prompt: str,
+    out_dir: Path,
+    frames: int,
+    height: int,
+    width: int,
+    seed: int,
+    steps: int,
+    guidance: float,
+    settings: dict,
+):
+    start = time.perf_counter()
+    video = generator([prompt], frames, height, width, seed, steps, guidance)[0]
+    seconds = time.perf_counter() - start
+    name = f"{slug(prompt)}_seed{seed}"
+    paths = write_video_files(out_dir, name, video, {**settings, "seconds": seconds})
+    return video, paths, seconds

@@ -1,0 +1,69 @@
+"""The optax chain (clipping, AdamW, warm-up, non-finite skipping) and the EMA of params."""
+
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+
+def learning_rate_schedule(optim: ml_collections.ConfigDict) -> optax.Schedule:
+    """Linear warm-up, then constant (decay_steps = 0) or cosine decay to 10 %."""
+    warmup = optax.linear_schedule(0.0, optim.learning_rate, max(1, optim.warmup_steps))
+    if optim.decay_steps <= 0:
+        after = optax.constant_schedule(optim.learning_rate)
+    else:
+        after = optax.cosine_decay_schedule(optim.learning_rate, optim.decay_steps, alpha=0.1)
+    return optax.join_schedules([warmup, after], [optim.warmup_steps])
+
+
+def make_optimizer(optim: ml_collections.ConfigDict) -> optax.GradientTransformation:
+    """Clip → AdamW; a step with non-finite gradients is skipped rather than applied."""
+    chain = optax.chain(
+        optax.clip_by_global_norm(optim.grad_clip),
+        optax.adamw(
+            learning_rate_schedule(optim),
+            b1=optim.b1,
+            b2=optim.b2,
+            weight_decay=optim.weight_decay,
+        ),
+    )
+    # apply_if_finite wraps the clipping too, so a NaN gradient never reaches the moments.
+    return optax.apply_if_finite(chain, max_consecutive_errors=10)
+
+
+def ema_update(ema_params, params, decay: float):
+    """ema ← decay·ema + (1 - decay)·params, leaf by leaf."""
+    return jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, ema_params, params)
+
+
+class TrainState(flax.struct.PyTreeNode):
+    """Everything a trainer checkpoints: float32 params, optimizer state, EMA params, RNG."""
+
+    step: jax.Array
+    params: Any
+    opt_state: Any
+    ema_params: Any
+    rng: jax.Array
+
+    @classmethod
+    def create(cls, params, optimizer: optax.GradientTransformation, rng: jax.Array):
+        return cls(
+            step=jnp.zeros((), jnp.int32),
+            params=params,
+            opt_state=optimizer.init(params),
+            ema_params=jax.tree.map(jnp.copy, params),
+            rng=rng,
+        )
+
+    def apply_gradients(self, grads, optimizer: optax.GradientTransformation, ema_decay: float):
+        updates, opt_state = optimizer.update(grads, self.opt_state, self.params)
+        params = optax.apply_updates(self.params, updates)
+        return self.replace(
+            step=self.step + 1,
+            params=params,
+            opt_state=opt_state,
+            ema_params=ema_update(self.ema_params, params, ema_decay),
+        )
