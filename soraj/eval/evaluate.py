@@ -1,0 +1,70 @@
+"""`soraj evaluate`: shapes-probe accuracy of a checkpoint on prompts of one split.
+
+The held-out split names (colour, shape) pairs that training never saw, so its score measures
+composition rather than memory.
+"""
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import tqdm
+
+from soraj.data.shapes import ShapesScene, dense_caption, sample_scene
+from soraj.eval.shapes_probe import score_videos
+
+
+def evaluation_prompts(split: str, n: int, seed: int, num_frames: int) -> list[str]:
+    rng = np.random.default_rng((seed, {"heldout": 0, "train": 1, "all": 2}[split]))
+    scenes: list[ShapesScene] = [sample_scene(rng, num_frames, split) for _ in range(n)]
+    return [dense_caption(scene) for scene in scenes]
+
+
+def evaluate(generator, prompts, frames, height, width, steps, guidance, seed=0, batch=10):
+    """Generates one video per prompt (seed + index) and returns the probe's accuracies."""
+    videos = []
+    for start in tqdm.trange(0, len(prompts), batch, desc="evaluate", unit_scale=batch):
+        chunk = prompts[start : start + batch]
+        videos.extend(generator(chunk, frames, height, width, seed + start, steps, guidance))
+    return score_videos(videos, prompts), videos
+
+
+def evaluate_command(argv: list[str]):
+    parser = argparse.ArgumentParser(prog="soraj evaluate", description=__doc__)
+    parser.add_argument("--checkpoint", required=True)
+    parser.add_argument("--split", choices=["heldout", "train", "all"], default="heldout")
+    parser.add_argument("--num-prompts", type=int, default=50)
+    parser.add_argument("--frames", type=int, default=9)
+    parser.add_argument("--height", type=int, default=32)
+    parser.add_argument("--width", type=int, default=32)
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--guidance", type=float, default=4.0)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", help="JSON file for the scores")
+    args = parser.parse_args(argv)
+    if args.num_prompts < 1:
+        parser.error(f"--num-prompts must be ≥ 1, got {args.num_prompts}")
+    from soraj.generate import Generator
+
+    generator = Generator.load(args.checkpoint)
+    prompts = evaluation_prompts(args.split, args.num_prompts, args.seed, args.frames)
+    start = time.perf_counter()
+    scores, _ = evaluate(
+        generator,
+        prompts,
+        args.frames,
+        args.height,
+        args.width,
+        args.steps,
+        args.guidance,
+        args.seed,
+    )
+    result = {**vars(args), "scores": scores, "seconds": time.perf_counter() - start}
+    print(json.dumps(result["scores"]))
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(result, indent=2))
+        print(f"wrote {args.out}")
+    return result
