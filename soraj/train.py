@@ -95,7 +95,7 @@ def train_step(state: optim.TrainState, batch: dict, rng, *, dit, text, optimize
     new_state = state.apply_gradients(grads, optimizer, config.optim.ema_decay)
     metrics = {
         "loss": loss,
-        "grad_norm": optax.global_norm(grads),  # before clipping
+        "grad_norm": optax.tree.norm(grads),  # before clipping
         "learning_rate": optim.learning_rate_schedule(config.optim)(state.step),
     }
     return new_state, metrics

@@ -42,7 +42,7 @@ def train_step(state: optim.TrainState, batch: dict, rng, *, model, optimizer, c
     (loss, aux), grads = grad_fn(state.params, model, batch, rng, config.loss.kl_weight)
     new_state = state.apply_gradients(grads, optimizer, config.optim.ema_decay)
     # The norm before clipping: what the optimizer was actually handed.
-    metrics = {"loss": loss, "grad_norm": optax.global_norm(grads), **aux}
+    metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), **aux}
     metrics["learning_rate"] = optim.learning_rate_schedule(config.optim)(state.step)
     return new_state, metrics
 

@@ -68,7 +68,7 @@ class DiTConfig:
 
 
 DIT_PRESETS = {
-    "tiny": DiTConfig(width=256, depth=6, num_heads=4),
+    "tiny": DiTConfig(width=192, depth=6, num_heads=3),  # CPU: 48 tokens per 9×32×32 clip
     "S/2": DiTConfig(width=384, depth=12, num_heads=6),
     "B/2": DiTConfig(width=768, depth=12, num_heads=12),
     "L/2": DiTConfig(width=1024, depth=24, num_heads=16),
