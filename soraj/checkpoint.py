@@ -15,6 +15,50 @@ EXPORT_CONFIG = "config.json"
 EXPORT_PARAMS = "params"
 
 
+# ---- Checking what is stored against what is expected ---------------------------------------
+# Orbax restores whatever shapes were saved, whatever the target says, so a checkpoint from a
+# different model would load "successfully". Every restore compares the trees first.
+
+
+def _key_name(key) -> str:
+    for attribute in ("key", "name", "idx"):
+        if hasattr(key, attribute):
+            return str(getattr(key, attribute))
+    return str(key)
+
+
+def _shapes_by_path(tree) -> dict[str, tuple]:
+    leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+    return {"/".join(_key_name(k) for k in path): tuple(leaf.shape) for path, leaf in leaves}
+
+
+def tree_differences(stored, expected) -> list[str]:
+    """Human-readable differences between two trees of shaped leaves (empty: they match)."""
+    stored, expected = _shapes_by_path(stored), _shapes_by_path(expected)
+    differences = [
+        f"missing {path} {shape}" for path, shape in expected.items() if path not in stored
+    ]
+    differences += [
+        f"unexpected {path} {shape}" for path, shape in stored.items() if path not in expected
+    ]
+    differences += [
+        f"{path}: stored {stored[path]}, expected {shape}"
+        for path, shape in expected.items()
+        if path in stored and stored[path] != shape
+    ]
+    return differences
+
+
+def check_tree_matches(stored, expected, where) -> None:
+    differences = tree_differences(stored, expected)
+    if differences:
+        listed = "; ".join(differences[:8]) + (" ..." if len(differences) > 8 else "")
+        raise ValueError(
+            f"checkpoint {where} does not match the model this config describes "
+            f"({len(differences)} differences): {listed}"
+        )
+
+
 # ---- Training checkpoints -------------------------------------------------------------------
 
 
@@ -44,6 +88,10 @@ def restore_train_state(manager, abstract_state):
     step = manager.latest_step()
     if step is None:
         return None
+    stored = manager.item_metadata(step)
+    if stored is None or stored.get("state") is None:
+        raise ValueError(f"checkpoint {manager.directory}/{step} has no 'state' item")
+    check_tree_matches(stored["state"], abstract_state, f"{manager.directory}/{step}")
     args = ocp.args.Composite(
         state=ocp.args.StandardRestore(abstract_state),
         data=ocp.args.JsonRestore(),
@@ -120,12 +168,8 @@ def load_export(directory: str | os.PathLike, abstract_params) -> tuple:
     config = load_export_config(directory)
     stored_dtype = jnp.dtype(config.get("param_dtype", "float32"))
     stored = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, stored_dtype), abstract_params)
+    path = Path(directory).absolute() / EXPORT_PARAMS
     with ocp.StandardCheckpointer() as checkpointer:
-        try:
-            params = checkpointer.restore(Path(directory).absolute() / EXPORT_PARAMS, stored)
-        except (ValueError, KeyError, TypeError) as error:
-            raise ValueError(
-                f"exported params in {directory} do not match the model its config describes: "
-                f"{error}"
-            ) from error
+        check_tree_matches(checkpointer.metadata(path).item_metadata.tree, stored, path)
+        params = checkpointer.restore(path, stored)
     return jax.tree.map(lambda p: jnp.asarray(p, jnp.float32), params), config
