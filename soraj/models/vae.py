@@ -1,0 +1,359 @@
+"""Causal 3D-conv video VAE; the first frame is encoded alone so images and videos share latents."""
+
+import dataclasses
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+# Shape letters: B batch, T frames, H height, W width, F conv features, C latent channels.
+# Pixel-space frames are written T_px (= 1 + ft·k) where the latent frames T (= 1 + k) differ.
+
+LOGVAR_MIN, LOGVAR_MAX = -30.0, 20.0
+ALLOWED_DTYPES = ("float32", "bfloat16", "float16")
+
+
+# ---- Config ----------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class VAEConfig:
+    base_channels: int = 32
+    channel_multipliers: tuple[int, ...] = (1, 2, 2)  # one entry per resolution level
+    num_res_blocks: int = 1
+    latent_channels: int = 8
+    temporal_downsample: tuple[bool, ...] = (True, True)  # per downsampling step: halve time?
+    spatial_downsample: tuple[bool, ...] = (True, True)  # per downsampling step: halve H, W?
+    mid_attention: bool = False
+    dtype: str = "float32"  # compute dtype; params are always float32
+
+    def __post_init__(self):
+        num_steps = len(self.channel_multipliers) - 1
+        if num_steps < 0:
+            raise ValueError("channel_multipliers must have at least one entry, got ().")
+        for name in ("temporal_downsample", "spatial_downsample"):
+            if len(getattr(self, name)) != num_steps:
+                raise ValueError(
+                    f"{name} must have len(channel_multipliers) - 1 = {num_steps} entries "
+                    f"(one per downsampling step), got {getattr(self, name)!r}."
+                )
+        if self.dtype not in ALLOWED_DTYPES:
+            raise ValueError(f"dtype must be one of {ALLOWED_DTYPES}, got {self.dtype!r}.")
+        if min(self.base_channels, self.latent_channels, *self.channel_multipliers) < 1:
+            raise ValueError("base_channels, latent_channels and channel_multipliers must be ≥ 1.")
+        if self.num_res_blocks < 0:
+            raise ValueError(f"num_res_blocks must be ≥ 0, got {self.num_res_blocks}.")
+
+    @property
+    def temporal_factor(self) -> int:
+        return 2 ** sum(self.temporal_downsample)
+
+    @property
+    def spatial_factor(self) -> int:
+        return 2 ** sum(self.spatial_downsample)
+
+
+VAE_PRESETS = {
+    # CPU-trainable: 9×32×32 clips → 3×8×8×8 latents. The full-resolution level dominates
+    # the cost (base 16 made the train step 3x slower), so it is 8 wide and later ones widen.
+    "tiny": VAEConfig(
+        base_channels=8,
+        channel_multipliers=(1, 2, 4),
+        num_res_blocks=1,
+        latent_channels=8,
+        temporal_downsample=(True, True),
+        spatial_downsample=(True, True),
+    ),
+    "small": VAEConfig(
+        base_channels=64,
+        channel_multipliers=(1, 2, 4),
+        num_res_blocks=2,
+        latent_channels=8,
+        temporal_downsample=(True, True),
+        spatial_downsample=(True, True),
+        mid_attention=True,
+        dtype="bfloat16",
+    ),
+    # Time is halved in the first two steps: the widest-resolution levels are the most
+    # expensive, and every later level then runs on a quarter of the frames.
+    "4x8x8-c16": VAEConfig(
+        base_channels=128,
+        channel_multipliers=(1, 2, 4, 4),
+        num_res_blocks=2,
+        latent_channels=16,
+        temporal_downsample=(True, True, False),
+        spatial_downsample=(True, True, True),
+        mid_attention=True,
+        dtype="bfloat16",
+    ),
+}
+
+
+# ---- Shape contract ----------------------------------------------------------------------
+
+
+def check_video_shape(config: VAEConfig, num_frames: int, height: int, width: int) -> None:
+    """Raises ValueError unless (T, H, W) is a size this VAE can encode."""
+    ft, fs = config.temporal_factor, config.spatial_factor
+    if num_frames < 1 or (num_frames - 1) % ft != 0:
+        raise ValueError(
+            f"num_frames must be 1 + {ft}·k for k ≥ 0 (1, {1 + ft}, {1 + 2 * ft}, ...), "
+            f"got {num_frames}."
+        )
+    for name, size in (("height", height), ("width", width)):
+        if size < fs or size % fs != 0:
+            raise ValueError(
+                f"{name} must be a positive multiple of the spatial factor {fs} "
+                f"({fs}, {2 * fs}, ...), got {size}."
+            )
+
+
+def latent_shape(
+    config: VAEConfig, num_frames: int, height: int, width: int
+) -> tuple[int, int, int, int]:
+    """(T', H', W', C) of the latents of a (num_frames, height, width) video."""
+    check_video_shape(config, num_frames, height, width)
+    ft, fs = config.temporal_factor, config.spatial_factor
+    return (1 + (num_frames - 1) // ft, height // fs, width // fs, config.latent_channels)
+
+
+def kl_divergence(mean: jax.Array, logvar: jax.Array, per_sample: bool = False) -> jax.Array:
+    """KL(N(mean, exp(logvar)) || N(0, I)) in nats, summed over each sample's latent elements.
+
+    Returns the batch mean (a scalar), or shape (B,) when per_sample is True.
+    """
+    mean, logvar = mean.astype(jnp.float32), logvar.astype(jnp.float32)
+    elementwise = 0.5 * (jnp.square(mean) + jnp.exp(logvar) - 1.0 - logvar)
+    per_sample_kl = elementwise.reshape(elementwise.shape[0], -1).sum(axis=-1)  # (B,)
+    return per_sample_kl if per_sample else per_sample_kl.mean()
+
+
+# ---- Layers ------------------------------------------------------------------------------
+
+
+def _num_groups(channels: int, max_groups: int = 32) -> int:
+    """Largest group count ≤ max_groups that divides channels."""
+    return next(g for g in range(min(max_groups, channels), 0, -1) if channels % g == 0)
+
+
+class FrameGroupNorm(nn.Module):
+    """GroupNorm in f32 with statistics per frame: pooling over time would leak the future."""
+
+    @nn.compact
+    def __call__(self, x):  # (B, T, H, W, F)
+        b, t, h, w, f = x.shape
+        frames = x.reshape(b * t, h, w, f).astype(jnp.float32)  # (B·T, H, W, F)
+        normed = nn.GroupNorm(num_groups=_num_groups(f), dtype=jnp.float32)(frames)
+        return normed.reshape(b, t, h, w, f).astype(x.dtype)  # (B, T, H, W, F)
+
+
+def _conv3d_as_frame_convs(lhs, rhs, window_strides, padding, *, precision=None, **unused):
+    """Channel-last 3D conv (time unpadded) as a sum of one batched 2D conv per temporal tap.
+
+    Same arithmetic as lax's 3D conv, but XLA:CPU runs 2D convs several times faster (the
+    tiny VAE's train step measured 2-4x faster), which is what makes CPU training practical.
+    """
+    (kt, _, _, c_in, _), (st, sh, sw) = rhs.shape, window_strides
+    b, t_padded, h, w, _ = lhs.shape  # (B, T+kt-1, H, W, F_in)
+    t_out = (t_padded - kt) // st + 1
+    out = 0
+    for tap in range(kt):
+        frames = lhs[:, tap : tap + st * (t_out - 1) + 1 : st]  # (B, T', H, W, F_in)
+        out = out + jax.lax.conv_general_dilated(
+            frames.reshape(b * t_out, h, w, c_in),
+            rhs[tap],
+            (sh, sw),
+            padding[1:],
+            dimension_numbers=("NHWC", "HWIO", "NHWC"),
+            precision=precision,
+        )  # (B·T', H', W', F)
+    return out.reshape(b, t_out, *out.shape[1:])  # (B, T', H', W', F)
+
+
+class CausalConv3d(nn.Module):
+    """3D conv whose output frame k sees only input frames ≤ k.
+
+    Time is padded at the front with copies of frame 0 (not zeros), so frame 0 is computed
+    from itself alone, exactly as for a one-frame video. With a temporal stride of 2 the
+    output frame j ≥ 1 sees input frames 2j-2 .. 2j: frame 0 stays alone, pairs are merged.
+    """
+
+    features: int
+    kernel_size: tuple[int, int, int] = (3, 3, 3)
+    strides: tuple[int, int, int] = (1, 1, 1)
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):  # (B, T, H, W, F_in)
+        kt, kh, kw = self.kernel_size
+        if kt > 1:
+            first = jnp.repeat(x[:, :1], kt - 1, axis=1)  # (B, kt-1, H, W, F_in)
+            x = jnp.concatenate([first, x], axis=1)  # (B, T+kt-1, H, W, F_in)
+        conv = nn.Conv(
+            self.features,
+            self.kernel_size,
+            strides=self.strides,
+            padding=((0, 0), (kh // 2, kh // 2), (kw // 2, kw // 2)),
+            dtype=self.dtype,
+            param_dtype=jnp.float32,
+            conv_general_dilated=_conv3d_as_frame_convs if jax.default_backend() == "cpu" else None,
+        )
+        return conv(x)  # (B, T/st, H/ss, W/ss, F)
+
+
+class ResBlock(nn.Module):
+    features: int
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):  # (B, T, H, W, F_in)
+        h = nn.silu(FrameGroupNorm()(x))
+        h = CausalConv3d(self.features, dtype=self.dtype)(h)
+        h = nn.silu(FrameGroupNorm()(h))
+        h = CausalConv3d(self.features, dtype=self.dtype)(h)  # (B, T, H, W, F)
+        if x.shape[-1] != self.features:
+            x = CausalConv3d(self.features, kernel_size=(1, 1, 1), dtype=self.dtype)(x)
+        return x + h  # (B, T, H, W, F)
+
+
+class FrameSelfAttention(nn.Module):
+    """Single-head self-attention within each frame; frames never attend to each other."""
+
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):  # (B, T, H, W, F)
+        b, t, h, w, f = x.shape
+        dense = lambda name: nn.Dense(f, dtype=self.dtype, param_dtype=jnp.float32, name=name)
+        tokens = FrameGroupNorm()(x).reshape(b * t, h * w, f)  # (B·T, H·W, F)
+        q, k, v = dense("query")(tokens), dense("key")(tokens), dense("value")(tokens)
+        logits = jnp.einsum("bqf,bkf->bqk", q, k).astype(jnp.float32) / jnp.sqrt(f)
+        weights = jax.nn.softmax(logits, axis=-1).astype(self.dtype)  # (B·T, H·W, H·W)
+        attended = jnp.einsum("bqk,bkf->bqf", weights, v)  # (B·T, H·W, F)
+        return x + dense("out")(attended).reshape(b, t, h, w, f)  # (B, T, H, W, F)
+
+
+class Downsample(nn.Module):
+    """Halves time (keeping frame 0 alone) and/or space with one strided causal conv."""
+
+    features: int
+    halve_time: bool
+    halve_space: bool
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):  # (B, 1+2m, H, W, F)
+        st, ss = (2 if self.halve_time else 1), (2 if self.halve_space else 1)
+        return CausalConv3d(self.features, strides=(st, ss, ss), dtype=self.dtype)(x)
+
+
+class Upsample(nn.Module):
+    """Mirror of Downsample: frame 0 stays, frames 1..m become 2m; nearest repeat + conv."""
+
+    features: int
+    double_time: bool
+    double_space: bool
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):  # (B, 1+m, H, W, F)
+        if self.double_time:
+            x = jnp.concatenate([x[:, :1], jnp.repeat(x[:, 1:], 2, axis=1)], axis=1)
+        if self.double_space:
+            x = jnp.repeat(jnp.repeat(x, 2, axis=2), 2, axis=3)  # (B, T, 2H, 2W, F)
+        # The causal conv after the repeat keeps output frame k on latent frames ≤ ceil(k/2).
+        return CausalConv3d(self.features, dtype=self.dtype)(x)
+
+
+def _mid_block(x, features: int, attention: bool, dtype):
+    x = ResBlock(features, dtype=dtype)(x)
+    if attention:
+        x = FrameSelfAttention(dtype=dtype)(x)
+    return ResBlock(features, dtype=dtype)(x)
+
+
+# ---- Encoder / decoder -------------------------------------------------------------------
+
+
+class Encoder(nn.Module):
+    config: VAEConfig
+
+    @nn.compact
+    def __call__(self, video):  # (B, T_px, H·fs, W·fs, 3)
+        cfg = self.config
+        dtype = jnp.dtype(cfg.dtype)
+        widths = [cfg.base_channels * m for m in cfg.channel_multipliers]
+        x = CausalConv3d(widths[0], dtype=dtype)(video.astype(dtype))
+        for level, width in enumerate(widths):
+            for _ in range(cfg.num_res_blocks):
+                x = ResBlock(width, dtype=dtype)(x)
+            if level < len(widths) - 1:
+                x = Downsample(
+                    width,
+                    halve_time=cfg.temporal_downsample[level],
+                    halve_space=cfg.spatial_downsample[level],
+                    dtype=dtype,
+                )(x)
+        x = _mid_block(x, widths[-1], cfg.mid_attention, dtype)  # (B, T, H, W, F)
+        x = nn.silu(FrameGroupNorm()(x))
+        moments = CausalConv3d(2 * cfg.latent_channels, dtype=dtype)(x).astype(jnp.float32)
+        mean, logvar = jnp.split(moments, 2, axis=-1)  # (B, T, H, W, C) each
+        return mean, jnp.clip(logvar, LOGVAR_MIN, LOGVAR_MAX)
+
+
+class Decoder(nn.Module):
+    config: VAEConfig
+
+    @nn.compact
+    def __call__(self, latents):  # (B, T, H, W, C)
+        cfg = self.config
+        dtype = jnp.dtype(cfg.dtype)
+        widths = [cfg.base_channels * m for m in cfg.channel_multipliers]
+        x = CausalConv3d(widths[-1], dtype=dtype)(latents.astype(dtype))
+        x = _mid_block(x, widths[-1], cfg.mid_attention, dtype)  # (B, T, H, W, F)
+        for level in reversed(range(len(widths))):
+            for _ in range(cfg.num_res_blocks):
+                x = ResBlock(widths[level], dtype=dtype)(x)
+            if level > 0:
+                x = Upsample(
+                    widths[level - 1],
+                    double_time=cfg.temporal_downsample[level - 1],
+                    double_space=cfg.spatial_downsample[level - 1],
+                    dtype=dtype,
+                )(x)
+        x = nn.silu(FrameGroupNorm()(x))
+        # No output activation: the loss sees raw values; display code clips to [-1, 1].
+        return CausalConv3d(3, dtype=dtype)(x).astype(jnp.float32)  # (B, T_px, H·fs, W·fs, 3)
+
+
+# ---- VideoVAE ----------------------------------------------------------------------------
+
+
+class VideoVAE(nn.Module):
+    """encode: (B, 1+ft·k, H, W, 3) in [-1, 1] → (mean, logvar) (B, 1+k, H/fs, W/fs, C)."""
+
+    config: VAEConfig
+
+    def setup(self):
+        self.encoder = Encoder(self.config)
+        self.decoder = Decoder(self.config)
+
+    def encode(self, video):  # (B, T_px, H·fs, W·fs, 3)
+        if video.ndim != 5 or video.shape[-1] != 3:
+            raise ValueError(f"video must have shape (B, T, H, W, 3), got {video.shape}.")
+        check_video_shape(self.config, *video.shape[1:4])
+        return self.encoder(video)  # (B, T, H, W, C) twice
+
+    def decode(self, latents):  # (B, T, H, W, C)
+        c = self.config.latent_channels
+        if latents.ndim != 5 or latents.shape[-1] != c:
+            raise ValueError(f"latents must have shape (B, T, H, W, {c}), got {latents.shape}.")
+        return self.decoder(latents)  # (B, T_px, H·fs, W·fs, 3)
+
+    def __call__(self, video, sample_rng=None):
+        mean, logvar = self.encode(video)  # (B, T, H, W, C)
+        latents = mean
+        if sample_rng is not None:
+            noise = jax.random.normal(sample_rng, mean.shape, mean.dtype)
+            latents = mean + jnp.exp(0.5 * logvar) * noise
+        return self.decode(latents), mean, logvar
