@@ -27,9 +27,16 @@ def _key_name(key) -> str:
     return str(key)
 
 
+def _stored_shape(leaf) -> tuple:
+    # Typed PRNG keys are stored as their raw key data, which has trailing key dimensions.
+    if jax.dtypes.issubdtype(getattr(leaf, "dtype", None), jax.dtypes.prng_key):
+        return tuple(jax.eval_shape(jax.random.key_data, leaf).shape)
+    return tuple(leaf.shape)
+
+
 def _shapes_by_path(tree) -> dict[str, tuple]:
     leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
-    return {"/".join(_key_name(k) for k in path): tuple(leaf.shape) for path, leaf in leaves}
+    return {"/".join(_key_name(k) for k in path): _stored_shape(leaf) for path, leaf in leaves}
 
 
 def tree_differences(stored, expected) -> list[str]:
@@ -68,9 +75,13 @@ def make_manager(workdir: str | os.PathLike, keep: int, save_every: int) -> ocp.
         max_to_keep=keep, save_interval_steps=save_every, enable_async_checkpointing=True
     )
     directory = Path(workdir).absolute() / "checkpoints"
-    return ocp.CheckpointManager(
-        directory, options=options, item_names=("state", "data", "metadata")
-    )
+    # Handlers are named up front so a new process can read item metadata before restoring.
+    handlers = {
+        "state": ocp.StandardCheckpointHandler(),
+        "data": ocp.JsonCheckpointHandler(),
+        "metadata": ocp.JsonCheckpointHandler(),
+    }
+    return ocp.CheckpointManager(directory, options=options, item_handlers=handlers)
 
 
 def save_train_state(manager, step: int, state, data_state: dict, metadata: dict, force=False):

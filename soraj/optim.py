@@ -58,6 +58,12 @@ class TrainState(flax.struct.PyTreeNode):
             rng=rng,
         )
 
+    def ema_decay_at(self, ema_decay: float) -> jax.Array:
+        """Warms the EMA up, (1 + step) / (10 + step) capped at ema_decay, so early averages are
+        not dominated by the random initialisation."""
+        step = self.step.astype(jnp.float32)
+        return jnp.minimum(ema_decay, (1.0 + step) / (10.0 + step))
+
     def apply_gradients(self, grads, optimizer: optax.GradientTransformation, ema_decay: float):
         updates, opt_state = optimizer.update(grads, self.opt_state, self.params)
         params = optax.apply_updates(self.params, updates)
@@ -65,5 +71,5 @@ class TrainState(flax.struct.PyTreeNode):
             step=self.step + 1,
             params=params,
             opt_state=opt_state,
-            ema_params=ema_update(self.ema_params, params, ema_decay),
+            ema_params=ema_update(self.ema_params, params, self.ema_decay_at(ema_decay)),
         )

@@ -23,23 +23,29 @@ from soraj.models.vae import VAE_PRESETS, VideoVAE, check_video_shape, kl_diverg
 # ---- The pure train step --------------------------------------------------------------------
 
 
-def vae_loss(params, model: VideoVAE, batch: dict, rng, kl_weight: float):
-    """Mean L1 over pixels of videos and images, plus kl_weight × KL per sample."""
-    l1_terms, kl_terms = [], []
+def vae_loss(params, model: VideoVAE, batch: dict, rng, loss_config):
+    """Weighted L1 and squared error over pixels of videos and images, plus kl_weight × KL per
+    sample. Squared error carries most of the weight: on mostly flat frames L1's constant-size
+    gradient settles on the background first and learns small objects slowly (measured: PSNR
+    15.4 with L1 against 20.0 with MSE after 300 steps of the tiny VAE)."""
+    l1_terms, mse_terms, kl_terms = [], [], []
     for name, rng_part in zip(("video", "image"), jax.random.split(rng), strict=True):
         x = video_to_model_range(batch[name])  # (B, T, H, W, 3)
         reconstruction, mean, logvar = model.apply({"params": params}, x, sample_rng=rng_part)
         l1_terms.append(jnp.abs(reconstruction - x).mean())
+        mse_terms.append(jnp.square(reconstruction - x).mean())
         kl_terms.append(kl_divergence(mean, logvar))
-    l1, kl = jnp.mean(jnp.stack(l1_terms)), jnp.mean(jnp.stack(kl_terms))
-    return l1 + kl_weight * kl, {"l1": l1, "kl": kl}
+    l1, mse = jnp.mean(jnp.stack(l1_terms)), jnp.mean(jnp.stack(mse_terms))
+    kl = jnp.mean(jnp.stack(kl_terms))
+    loss = loss_config.l1_weight * l1 + loss_config.mse_weight * mse + loss_config.kl_weight * kl
+    return loss, {"l1": l1, "mse": mse, "kl": kl}
 
 
 def train_step(state: optim.TrainState, batch: dict, rng, *, model, optimizer, config):
     """(state, batch, rng) → (state, metrics); pure, jitted once with donation."""
     rng = jax.random.fold_in(rng, state.step)
     grad_fn = jax.value_and_grad(vae_loss, has_aux=True)
-    (loss, aux), grads = grad_fn(state.params, model, batch, rng, config.loss.kl_weight)
+    (loss, aux), grads = grad_fn(state.params, model, batch, rng, config.loss)
     new_state = state.apply_gradients(grads, optimizer, config.optim.ema_decay)
     # The norm before clipping: what the optimizer was actually handed.
     metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), **aux}

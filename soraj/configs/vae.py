@@ -29,6 +29,8 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
     config.batch_size = data["batch_size"]
 
     config.loss = ml_collections.ConfigDict()
+    config.loss.l1_weight = 0.1
+    config.loss.mse_weight = 1.0
     config.loss.kl_weight = 1e-6
 
     config.optim = ml_collections.ConfigDict()
@@ -41,7 +43,7 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
     config.optim.grad_clip = 1.0
     config.optim.ema_decay = 0.999
 
-    config.total_steps = 3000
+    config.total_steps = 2000
     config.log_every = 50
     config.save_every = 500
     config.sample_every = 1000

@@ -131,9 +131,12 @@ def kl_divergence(mean: jax.Array, logvar: jax.Array, per_sample: bool = False) 
 # ---- Layers ------------------------------------------------------------------------------
 
 
-def _num_groups(channels: int, max_groups: int = 32) -> int:
-    """Largest group count ≤ max_groups that divides channels."""
-    return next(g for g in range(min(max_groups, channels), 0, -1) if channels % g == 0)
+def _num_groups(channels: int, max_groups: int = 32, min_group_size: int = 4) -> int:
+    """Largest group count ≤ max_groups that divides channels, with ≥ min_group_size channels
+    per group: one-channel groups are instance norm, which erases each channel's per-frame
+    mean, and with it flat colours."""
+    limit = max(1, min(max_groups, channels // min_group_size))
+    return next(g for g in range(limit, 0, -1) if channels % g == 0)
 
 
 class FrameGroupNorm(nn.Module):
