@@ -118,6 +118,24 @@ def restore_train_state(manager, abstract_state):
     return restored.state, restored.data, step
 
 
+def restore_or_init(manager, init_state, rng, out_sharding):
+    """(state, data_state, start_step): the latest checkpoint's, or a fresh state made by the
+    jitted init_state(rng) straight into out_sharding, with data_state None and step 0."""
+    restored = restore_train_state(manager, jax.eval_shape(init_state, rng))
+    if restored is not None:
+        return restored
+    return jax.jit(init_state, out_shardings=out_sharding)(rng), None, 0
+
+
+def training_metadata(config, mesh) -> dict:
+    """What every training checkpoint records beside the state: config, code and mesh."""
+    return {
+        "config": json.loads(config.to_json_best_effort()),
+        "code_version": code_version(),
+        "mesh": dict(mesh.shape),
+    }
+
+
 def code_version() -> str:
     """The git commit of the code, for checkpoint metadata ('unknown' outside a checkout)."""
     try:

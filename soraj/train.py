@@ -234,14 +234,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path):
         return optim.TrainState.create(init_params(dit, text, init_rng), optimizer, state_rng)
 
     rng = jax.random.key(config.seed)
-    abstract_state = jax.eval_shape(init_state, rng)
     manager = checkpoint.make_manager(workdir, config.keep_checkpoints, config.save_every)
-    restored = checkpoint.restore_train_state(manager, abstract_state)
-    if restored is None:
-        state = jax.jit(init_state, out_shardings=sharding.replicated(mesh))(rng)
-        start_step = 0
-    else:
-        state, data_state, start_step = restored
+    state, data_state, start_step = checkpoint.restore_or_init(
+        manager, init_state, rng, sharding.replicated(mesh)
+    )
+    if data_state is not None:
         iterator.set_state(data_state)
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
@@ -262,11 +259,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path):
         if done % config.log_every == 0 or done == config.total_steps:
             writer.write(done, jax.device_get(metrics), config.batch_size)
         if done % config.save_every == 0 or done == config.total_steps:
-            metadata = {
-                "config": json.loads(config.to_json_best_effort()),
-                "code_version": checkpoint.code_version(),
-                "mesh": dict(mesh.shape),
-            }
+            metadata = checkpoint.training_metadata(config, mesh)
             checkpoint.save_train_state(
                 manager, done, state, iterator.get_state(), metadata, force=True
             )

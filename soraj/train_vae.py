@@ -3,7 +3,6 @@ workdir)`. A deliberate sibling of train.py, not a subclass."""
 
 import dataclasses
 import functools
-import json
 from pathlib import Path
 
 import jax
@@ -129,15 +128,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path):
         return optim.TrainState.create(params, optimizer, state_rng)
 
     rng = jax.random.key(config.seed)
-    abstract_state = jax.eval_shape(init_state, rng)
     manager = checkpoint.make_manager(workdir, config.keep_checkpoints, config.save_every)
-    restored = checkpoint.restore_train_state(manager, abstract_state)
-    if restored is None:
-        state = jax.jit(init_state, out_shardings=sharding.replicated(mesh))(rng)
-        start_step = 0
-    else:
-        state, data_state, start_step = restored
-        for name, iterator in iterators.items():
+    state, data_state, start_step = checkpoint.restore_or_init(
+        manager, init_state, rng, sharding.replicated(mesh)
+    )
+    for name, iterator in iterators.items():
+        if data_state is not None:
             iterator.set_state(data_state[name])
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
@@ -167,11 +163,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path):
             )
         if done % config.save_every == 0 or done == config.total_steps:
             data_state = {name: it.get_state() for name, it in iterators.items()}
-            metadata = {
-                "config": json.loads(config.to_json_best_effort()),
-                "code_version": checkpoint.code_version(),
-                "mesh": dict(mesh.shape),
-            }
+            metadata = checkpoint.training_metadata(config, mesh)
             checkpoint.save_train_state(manager, done, state, data_state, metadata, force=True)
             export(workdir, model, state, config, stats_batches)
     manager.wait_until_finished()

@@ -74,9 +74,9 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
         "The background is black."
     )
 
-    config.total_steps = 12_000
+    config.total_steps = 5000
     config.log_every = 50
-    config.save_every = 1000
-    config.sample_every = 2000
+    config.save_every = 500
+    config.sample_every = 1000
     config.keep_checkpoints = 2
     return config
