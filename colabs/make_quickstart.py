@@ -21,7 +21,7 @@ nb.cells = [
        "`experiments/shapes/checkpoint`. `TRAIN = True` trains a VAE and a DiT here first "
        "(the step counts below take about 15 minutes on a 2-core CPU)."),
     code("TRAIN = False\n"
-         "VAE_STEPS, DIT_STEPS = 600, 1500\n"
+         "VAE_STEPS, DIT_STEPS = 600, 1000\n"
          "FRAMES, HEIGHT, WIDTH = 9, 32, 32\n"
          "SAMPLING_STEPS, GUIDANCE = 30, 4.0\n"
          "WORKDIR = 'out/colab'\n"
