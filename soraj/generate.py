@@ -15,9 +15,9 @@ from soraj import checkpoint
 from soraj.data.video_io import write_gif, write_mp4
 from soraj.diffusion.sampling import cfg_velocity_batched, euler_sample
 from soraj.models import patching
+from soraj.models.conditioning import TextConfig, init_text_params, segment_inputs, text_states
 from soraj.models.dit import DiT, DiTConfig
 from soraj.models.latent_codec import LatentCodec
-from soraj.models.text import ByteEncoder, MiniLMEncoder, byte_tokenize
 
 # ---- Locating checkpoints -------------------------------------------------------------------
 
@@ -77,30 +77,7 @@ class BundleGeometry:
 # ---- The generator --------------------------------------------------------------------------
 
 
-class TextConditioner:
-    """Turns prompts into (states (B, 1, M, E), mask (B, 1, M)) for one-segment rows."""
-
-    def __init__(self, text_config: dict, text_params=None):
-        self.kind = text_config["encoder"]
-        self.max_tokens = text_config["max_tokens"]
-        if self.kind == "minilm":
-            self.encoder = MiniLMEncoder(max_tokens=self.max_tokens)
-        elif self.kind == "bytes":
-            self.module = ByteEncoder(**text_config["byte_encoder"])
-            self.params = text_params
-        else:
-            raise ValueError(f"unknown text encoder {self.kind!r}; allowed: 'minilm', 'bytes'")
-
-    def __call__(self, prompts: list[str]) -> tuple[np.ndarray, np.ndarray]:
-        if self.kind == "minilm":
-            states, mask = self.encoder.encode(prompts)  # (B, M, E), (B, M)
-        else:
-            ids, mask = byte_tokenize(prompts, self.max_tokens)
-            states = self.module.apply({"params": self.params}, ids, mask)
-        return np.asarray(states)[:, None], np.asarray(mask)[:, None]
-
-
-@functools.partial(jax.jit, static_argnames=("dit", "grid", "num_steps"))
+@functools.partial(jax.jit, static_argnames=("dit", "text_config", "grid", "num_steps"))
 def sample_tokens(
     params,
     text,
@@ -111,19 +88,22 @@ def sample_tokens(
     guidance,
     *,
     dit: DiT,
+    text_config: TextConfig,
     grid: tuple[int, int, int],
     num_steps: int,
 ):
-    """Noise → clean latent tokens (B, N, P) for rows of one sample each, with batched CFG."""
+    """Noise → clean latent tokens (B, N, P) for rows of one sample each, with batched CFG.
+    text/null_text are batch inputs (segment_inputs); params holds "dit" (and "text")."""
     batch = text.shape[0]
     num_tokens = grid[0] * grid[1] * grid[2]
     coords = jnp.broadcast_to(patching.patch_coords(grid), (2 * batch, num_tokens, 3))
     segment_ids = jnp.ones((2 * batch, num_tokens), jnp.int32)
     text_both = jnp.concatenate([text, jnp.broadcast_to(null_text, text.shape)])
     mask_both = jnp.concatenate([text_mask, jnp.broadcast_to(null_mask, text_mask.shape)])
+    states, mask_both = text_states(text_config, params.get("text"), text_both, mask_both)
 
     def both(x_t, t):  # rows [0, B) conditioned, [B, 2B) on the null text
-        return dit.apply({"params": params}, x_t, t, coords, segment_ids, text_both, mask_both)
+        return dit.apply({"params": params["dit"]}, x_t, t, coords, segment_ids, states, mask_both)
 
     noise = jax.random.normal(rng, (batch, num_tokens, dit.config.patch_features))
     return euler_sample(cfg_velocity_batched(both, guidance), noise, num_steps)
@@ -133,8 +113,9 @@ def sample_tokens(
 class Generator:
     codec: LatentCodec
     dit: DiT
-    dit_params: dict
-    text: TextConditioner
+    params: dict  # {"dit": ...} plus {"text": ...} for a trainable text encoder
+    text_config: TextConfig
+    text_encoder: object  # the host side of the text encoder (TextConfig.host_encoder)
 
     @classmethod
     def load(cls, directory: str | Path) -> "Generator":
@@ -142,18 +123,19 @@ class Generator:
         codec = LatentCodec.load(bundle / "vae")
         stored = checkpoint.load_export_config(bundle / "dit")
         dit = DiT(dit_config_from_dict(stored["dit_config"]))
-        abstract = jax.eval_shape(lambda: init_params(dit, stored["text"], jax.random.key(0)))
+        text_config = TextConfig(**stored["text"])
+        abstract = jax.eval_shape(lambda: init_params(dit, text_config, jax.random.key(0)))
         params, _ = checkpoint.load_export(bundle / "dit", abstract)
-        return cls(codec, dit, params["dit"], TextConditioner(stored["text"], params.get("text")))
+        return cls(codec, dit, params, text_config, text_config.host_encoder())
 
     def __call__(self, prompts, frames, height, width, seed=0, steps=30, guidance=4.0):
         """uint8 videos (B, frames, height, width, 3), one per prompt."""
         latent = self.codec.latent_shape(frames, height, width)  # (T', H', W', C)
         grid = patching.grid_shape(latent[:3], self.dit.config.patch_size)
-        text, text_mask = self.text(list(prompts))
-        null_text, null_mask = self.text([""])
+        text, text_mask = segment_inputs(self.text_encoder, prompts)
+        null_text, null_mask = segment_inputs(self.text_encoder, [""])
         tokens = sample_tokens(
-            self.dit_params,
+            self.params,
             text,
             text_mask,
             null_text,
@@ -161,6 +143,7 @@ class Generator:
             jax.random.key(seed),
             jnp.float32(guidance),
             dit=self.dit,
+            text_config=self.text_config,
             grid=grid,
             num_steps=steps,
         )
@@ -174,28 +157,21 @@ class Generator:
         return np.asarray(jax.jit(self.codec.decode)(self.codec.params, latents))
 
 
-def init_params(dit: DiT, text_config: dict, rng) -> dict:
+def init_params(dit: DiT, text_config: TextConfig, rng) -> dict:
     """The param tree a DiT export holds: {"dit": ...} plus {"text": ...} for a trainable
     text encoder. Used to build abstract trees for restoring."""
-    e, m = dit.config.text_width, text_config["max_tokens"]
-    n = 4
-    x = jnp.zeros((1, n, dit.config.patch_features))
-    params = {
-        "dit": dit.init(
-            rng,
-            x,
-            jnp.zeros((1, n)),
-            jnp.zeros((1, n, 3), jnp.int32),
-            jnp.ones((1, n), jnp.int32),
-            jnp.zeros((1, 1, m, e)),
-            jnp.ones((1, 1, m), bool),
-        )["params"]
-    }
-    if text_config["encoder"] == "bytes":
-        module = ByteEncoder(**text_config["byte_encoder"])
-        params["text"] = module.init(rng, jnp.zeros((1, m), jnp.int32), jnp.ones((1, m), bool))[
-            "params"
-        ]
+    n, m, e = 4, text_config.max_tokens, dit.config.text_width
+    dit_inputs = (
+        jnp.zeros((1, n, dit.config.patch_features)),  # x_t
+        jnp.zeros((1, n)),  # t
+        jnp.zeros((1, n, 3), jnp.int32),  # coords
+        jnp.ones((1, n), jnp.int32),  # segment_ids
+        jnp.zeros((1, 1, m, e)),  # text states
+        jnp.ones((1, 1, m), bool),  # text_mask
+    )
+    params = {"dit": dit.init(rng, *dit_inputs)["params"]}
+    if text_config.trainable:
+        params["text"] = init_text_params(text_config, jax.random.fold_in(rng, 1))
     return params
 
 

@@ -17,45 +17,17 @@ from soraj.data.pipeline import batch_iterator, caption_dropout
 from soraj.data.shapes import ShapesSource
 from soraj.diffusion.objective import flow_matching_loss
 from soraj.diffusion.timesteps import per_segment_timesteps
-from soraj.generate import Generator, TextConditioner, init_params, write_video_files
+from soraj.generate import Generator, init_params, write_video_files
 from soraj.metric_writer import MetricWriter
 from soraj.models import patching
+from soraj.models.conditioning import TextConfig, segment_inputs, text_states
 from soraj.models.dit import DiT, DiTConfig
 from soraj.models.latent_codec import LatentCodec
-from soraj.models.text import ByteEncoder, byte_tokenize
-
-# ---- Text conditioning ----------------------------------------------------------------------
-
-
-def text_config(config) -> dict:
-    stored = {"encoder": config.text.encoder, "max_tokens": config.text.max_tokens}
-    if config.text.encoder == "bytes":
-        stored["byte_encoder"] = {
-            "width": config.text.byte_width,
-            "depth": config.text.byte_depth,
-            "num_heads": config.text.byte_heads,
-            "max_tokens": config.text.max_tokens,
-        }
-    return stored
-
-
-def text_states(params, batch: dict, text: dict):
-    """(B, S, M, E) text states: given in the batch (frozen encoder) or computed from token
-    ids by the trainable byte encoder, whose params train with the DiT."""
-    if text["encoder"] != "bytes":
-        return batch["text"], batch["text_mask"]
-    ids, mask = batch["text"], batch["text_mask"]  # (B, S, M) each
-    b, s, m = ids.shape
-    states = ByteEncoder(**text["byte_encoder"]).apply(
-        {"params": params["text"]}, ids.reshape(b * s, m), mask.reshape(b * s, m)
-    )
-    return states.reshape(b, s, m, -1), mask
-
 
 # ---- The pure train step --------------------------------------------------------------------
 
 
-def dit_loss(params, batch: dict, rng, *, dit: DiT, text: dict, diffusion):
+def dit_loss(params, batch: dict, rng, *, dit: DiT, text: TextConfig, diffusion):
     t_rng, noise_rng = jax.random.split(rng)
     max_segments = batch["grid"].shape[1]
     t = per_segment_timesteps(
@@ -68,7 +40,7 @@ def dit_loss(params, batch: dict, rng, *, dit: DiT, text: dict, diffusion):
         shift_by_tokens=diffusion.shift_by_tokens,
     )  # (B, L)
     noise = jax.random.normal(noise_rng, batch["latents"].shape)  # (B, L, P)
-    states, mask = text_states(params, batch, text)
+    states, mask = text_states(text, params.get("text"), batch["text"], batch["text_mask"])
 
     def denoise(x_t, t):
         return dit.apply(
@@ -121,19 +93,13 @@ def latents_to_packed(latents, patch_size) -> dict:
 class BatchBuilder:
     """Host batches of clips + captions → packed device batches (VAE encode on the fly)."""
 
-    def __init__(self, codec: LatentCodec, patch_size, text: dict, mesh):
-        self.codec, self.mesh = codec, mesh
-        self.text = TextConditioner(text) if text["encoder"] == "minilm" else None
-        self.text_kind, self.max_tokens = text["encoder"], text["max_tokens"]
+    def __init__(self, codec: LatentCodec, patch_size, text_encoder, mesh):
+        self.codec, self.mesh, self.text_encoder = codec, mesh, text_encoder
         self._encode = jax.jit(lambda p, v: latents_to_packed(codec.encode(p, v), patch_size))
 
     def __call__(self, host_batch: dict) -> dict:
         captions = [str(c) for c in host_batch["caption"]]
-        if self.text is not None:
-            text, text_mask = self.text(captions)  # (B, 1, M, E), (B, 1, M)
-        else:
-            ids, mask = byte_tokenize(captions, self.max_tokens)
-            text, text_mask = ids[:, None], mask[:, None]
+        text, text_mask = segment_inputs(self.text_encoder, captions)  # (B, 1, M, ...)
         video = sharding.shard_batch({"video": host_batch["video"]}, self.mesh)["video"]
         packed = self._encode(self.codec.params, video)
         packed.update(sharding.shard_batch({"text": text, "text_mask": text_mask}, self.mesh))
@@ -143,13 +109,13 @@ class BatchBuilder:
 # ---- Export and samples ---------------------------------------------------------------------
 
 
-def export(workdir: Path, dit: DiT, state, config, text: dict, vae_dir: Path) -> Path:
+def export(workdir: Path, dit: DiT, state, config, text: TextConfig, vae_dir: Path) -> Path:
     """WORKDIR/export/{dit,vae}: EMA params + config, with the VAE it was trained on, so the
     folder is a complete generation bundle."""
     stored = {
         "kind": "dit",
         "dit_config": dataclasses.asdict(dit.config),
-        "text": text,
+        "text": dataclasses.asdict(text),
         "trained_on": json.loads(config.data.to_json_best_effort()),
         "sample": json.loads(config.sample.to_json_best_effort()),
         "step": int(state.step),
@@ -198,14 +164,11 @@ def resolve_vae(path: str) -> Path:
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path):
     workdir = Path(workdir)
-    if config.text.encoder not in ("minilm", "bytes"):
-        raise ValueError(f"unknown text encoder {config.text.encoder!r}; allowed: minilm, bytes")
+    text = TextConfig(**config.text)
     vae_dir = resolve_vae(config.vae_checkpoint)
     codec = LatentCodec.load(vae_dir)
     data = config.data
     latent = codec.latent_shape(data.num_frames, data.height, data.width)
-    text = text_config(config)
-    text_width = 384 if text["encoder"] == "minilm" else text["byte_encoder"]["width"]
     dit = DiT(
         DiTConfig(
             width=config.model.width,
@@ -214,7 +177,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path):
             mlp_ratio=config.model.mlp_ratio,
             patch_size=tuple(config.model.patch_size),
             latent_channels=latent[3],
-            text_width=text_width,
+            text_width=text.width,
             attention_backend=config.model.attention_backend,
             dtype=config.model.dtype,
         )
@@ -245,7 +208,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path):
     n_params = sum(x.size for x in jax.tree.leaves(state.params))
     print(f"DiT {n_params / 1e6:.2f}M params; latents {latent}; workdir {workdir}")
 
-    build_batch = BatchBuilder(codec, dit.config.patch_size, text, mesh)
+    text_encoder = text.host_encoder()
+    build_batch = BatchBuilder(codec, dit.config.patch_size, text_encoder, mesh)
     step_fn = jax.jit(
         functools.partial(train_step, dit=dit, text=text, optimizer=optimizer, config=config),
         donate_argnums=0,
@@ -265,8 +229,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path):
             )
             export(workdir, dit, state, config, text, vae_dir)
         if done % config.sample_every == 0 or done == config.total_steps:
-            conditioner = build_batch.text or TextConditioner(text, state.ema_params["text"])
-            generator = Generator(codec, dit, state.ema_params["dit"], conditioner)
+            generator = Generator(codec, dit, state.ema_params, text, text_encoder)
             print(f"sample written to {write_sample(workdir, done, generator, config)}")
     manager.wait_until_finished()
     writer.close()

@@ -36,6 +36,7 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
     config.text.encoder = "minilm"
     config.text.max_tokens = 32
     # Only for encoder="bytes": the trainable byte-level encoder, trained with the DiT.
+    # The fields are those of soraj.models.conditioning.TextConfig.
     config.text.byte_width = 256
     config.text.byte_depth = 2
     config.text.byte_heads = 4
