@@ -190,8 +190,17 @@ class CausalConv3d(nn.Module):
     def __call__(self, x):  # (B, T, H, W, F_in)
         kt, kh, kw = self.kernel_size
         if kt > 1:
-            first = jnp.repeat(x[:, :1], kt - 1, axis=1)  # (B, kt-1, H, W, F_in)
-            x = jnp.concatenate([first, x], axis=1)  # (B, T+kt-1, H, W, F_in)
+            # Streaming (the "cache" collection is mutable): after the first chunk, the frames
+            # carried over from the previous chunk stand where copies of frame 0 would.
+            if self.is_mutable_collection("cache") and self.has_variable("cache", "frames"):
+                front = self.get_variable("cache", "frames")  # (B, kt-st, H, W, F_in)
+            else:
+                front = jnp.repeat(x[:, :1], kt - 1, axis=1)  # (B, kt-1, H, W, F_in)
+            x = jnp.concatenate([front, x], axis=1)  # (B, T+kt-1, H, W, F_in)
+            if self.is_mutable_collection("cache"):
+                # The next chunk's first output window starts kt - st frames before its input.
+                carried = kt - self.strides[0]
+                self.put_variable("cache", "frames", x[:, x.shape[1] - carried :])
         conv = nn.Conv(
             self.features,
             self.kernel_size,
@@ -261,7 +270,14 @@ class Upsample(nn.Module):
     @nn.compact
     def __call__(self, x):  # (B, 1+m, H, W, F)
         if self.double_time:
-            x = jnp.concatenate([x[:, :1], jnp.repeat(x[:, 1:], 2, axis=1)], axis=1)
+            # Only the clip's very first frame stays single; in later chunks every frame doubles.
+            later_chunk = self.is_mutable_collection("cache") and self.has_variable(
+                "cache", "started"
+            )
+            single = 0 if later_chunk else 1
+            x = jnp.concatenate([x[:, :single], jnp.repeat(x[:, single:], 2, axis=1)], axis=1)
+            if self.is_mutable_collection("cache"):
+                self.put_variable("cache", "started", jnp.ones((), bool))
         if self.double_space:
             x = jnp.repeat(jnp.repeat(x, 2, axis=2), 2, axis=3)  # (B, T, 2H, 2W, F)
         # The causal conv after the repeat keeps output frame k on latent frames ≤ ceil(k/2).
@@ -352,6 +368,13 @@ class VideoVAE(nn.Module):
         if latents.ndim != 5 or latents.shape[-1] != c:
             raise ValueError(f"latents must have shape (B, T, H, W, {c}), got {latents.shape}.")
         return self.decoder(latents)  # (B, T_px, H·fs, W·fs, 3)
+
+    def encode_chunk(self, video):  # (B, T_chunk, H·fs, W·fs, 3)
+        """One chunk of a clip, streaming: apply with mutable=["cache"] (vae_chunked.py)."""
+        return self.encoder(video)
+
+    def decode_chunk(self, latents):  # (B, T_chunk, H, W, C)
+        return self.decoder(latents)
 
     def __call__(self, video, sample_rng=None):
         mean, logvar = self.encode(video)  # (B, T, H, W, C)
