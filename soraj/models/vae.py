@@ -173,6 +173,12 @@ def _conv3d_as_frame_convs(lhs, rhs, window_strides, padding, *, precision=None,
     return out.reshape(b, t_out, *out.shape[1:])  # (B, T', H', W', F)
 
 
+def _streaming(module: nn.Module) -> bool:
+    """Chunked processing (vae_chunked.py) applies with a mutable "cache" collection; init
+    makes every collection mutable, so it is excluded and never creates cache entries."""
+    return module.is_mutable_collection("cache") and not module.is_initializing()
+
+
 class CausalConv3d(nn.Module):
     """3D conv whose output frame k sees only input frames ≤ k.
 
@@ -192,12 +198,12 @@ class CausalConv3d(nn.Module):
         if kt > 1:
             # Streaming (the "cache" collection is mutable): after the first chunk, the frames
             # carried over from the previous chunk stand where copies of frame 0 would.
-            if self.is_mutable_collection("cache") and self.has_variable("cache", "frames"):
+            if _streaming(self) and self.has_variable("cache", "frames"):
                 front = self.get_variable("cache", "frames")  # (B, kt-st, H, W, F_in)
             else:
                 front = jnp.repeat(x[:, :1], kt - 1, axis=1)  # (B, kt-1, H, W, F_in)
             x = jnp.concatenate([front, x], axis=1)  # (B, T+kt-1, H, W, F_in)
-            if self.is_mutable_collection("cache"):
+            if _streaming(self):
                 # The next chunk's first output window starts kt - st frames before its input.
                 carried = kt - self.strides[0]
                 self.put_variable("cache", "frames", x[:, x.shape[1] - carried :])
@@ -271,12 +277,10 @@ class Upsample(nn.Module):
     def __call__(self, x):  # (B, 1+m, H, W, F)
         if self.double_time:
             # Only the clip's very first frame stays single; in later chunks every frame doubles.
-            later_chunk = self.is_mutable_collection("cache") and self.has_variable(
-                "cache", "started"
-            )
+            later_chunk = _streaming(self) and self.has_variable("cache", "started")
             single = 0 if later_chunk else 1
             x = jnp.concatenate([x[:, :single], jnp.repeat(x[:, single:], 2, axis=1)], axis=1)
-            if self.is_mutable_collection("cache"):
+            if _streaming(self):
                 self.put_variable("cache", "started", jnp.ones((), bool))
         if self.double_space:
             x = jnp.repeat(jnp.repeat(x, 2, axis=2), 2, axis=3)  # (B, T, 2H, 2W, F)
