@@ -130,12 +130,15 @@ def test_splits_keep_held_out_pairs_apart():
 
 
 def test_held_out_prompts_are_deterministic_heldout_captions():
-    prompts = shapes.held_out_prompts(n=20, seed=5)
-    assert prompts == shapes.held_out_prompts(n=20, seed=5) and len(prompts) == 20
-    assert prompts != shapes.held_out_prompts(n=20, seed=6)
+    prompts = shapes.split_prompts("heldout", n=20, seed=5)
+    assert prompts == shapes.split_prompts("heldout", n=20, seed=5) and len(prompts) == 20
+    assert prompts != shapes.split_prompts("heldout", n=20, seed=6)
     for prompt in prompts:
         scene = shapes.parse_dense_caption(prompt)
         assert {(o.colour, o.shape) for o in scene.objects} & HELD_OUT_PAIRS
+    for prompt in shapes.split_prompts("train", n=20):
+        scene = shapes.parse_dense_caption(prompt)
+        assert not {(o.colour, o.shape) for o in scene.objects} & HELD_OUT_PAIRS
 
 
 # ---- Geometry, read back from pixels ----

@@ -172,11 +172,15 @@ def sample_scene(rng: np.random.Generator, num_frames: int, split: str) -> Shape
     return ShapesScene(objects=tuple(objects), background=background)
 
 
-def held_out_prompts(n: int = 50, seed: int = 0, num_frames: int = 9) -> list[str]:
+def split_prompts(split: str, n: int = 50, seed: int = 0, num_frames: int = 9) -> list[str]:
+    """n dense captions drawn from one split, deterministic in (split, seed): the prompts that
+    `soraj evaluate` scores ("heldout" always names a held-out colour-shape pair)."""
+    _check_choice("split", split, SPLITS)
     _check_int("n", n, 0)
     _check_int("seed", seed, 0)
-    rng = np.random.default_rng(seed)
-    return [dense_caption(sample_scene(rng, num_frames, "heldout")) for _ in range(n)]
+    # Fixed stream numbers per split keep the prompts of experiments/shapes/results stable.
+    rng = np.random.default_rng((seed, {"heldout": 0, "train": 1, "all": 2}[split]))
+    return [dense_caption(sample_scene(rng, num_frames, split)) for _ in range(n)]
 
 
 # ---- Placement and rendering ----

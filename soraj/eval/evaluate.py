@@ -9,17 +9,10 @@ import json
 import time
 from pathlib import Path
 
-import numpy as np
 import tqdm
 
-from soraj.data.shapes import ShapesScene, dense_caption, sample_scene
+from soraj.data.shapes import split_prompts
 from soraj.eval.shapes_probe import score_videos
-
-
-def evaluation_prompts(split: str, n: int, seed: int, num_frames: int) -> list[str]:
-    rng = np.random.default_rng((seed, {"heldout": 0, "train": 1, "all": 2}[split]))
-    scenes: list[ShapesScene] = [sample_scene(rng, num_frames, split) for _ in range(n)]
-    return [dense_caption(scene) for scene in scenes]
 
 
 def evaluate(generator, prompts, frames, height, width, steps, guidance, seed=0, batch=10):
@@ -49,7 +42,7 @@ def evaluate_command(argv: list[str]):
     from soraj.generate import Generator
 
     generator = Generator.load(args.checkpoint)
-    prompts = evaluation_prompts(args.split, args.num_prompts, args.seed, args.frames)
+    prompts = split_prompts(args.split, args.num_prompts, args.seed, args.frames)
     start = time.perf_counter()
     scores, _ = evaluate(
         generator,
