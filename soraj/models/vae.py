@@ -74,6 +74,24 @@ VAE_PRESETS = {
         mid_attention=True,
         dtype="bfloat16",
     ),
+    # CPU-sized real-footage VAEs (experiments/vae_real): a few million params each, small
+    # enough to ship (bf16 exports) and to reconstruct a clip on a laptop CPU in seconds.
+    "cpu-4x4x4-c8": VAEConfig(
+        base_channels=32,
+        channel_multipliers=(1, 2, 2),
+        num_res_blocks=1,
+        latent_channels=8,
+        temporal_downsample=(True, True),
+        spatial_downsample=(True, True),
+    ),
+    "cpu-4x8x8-c16": VAEConfig(
+        base_channels=32,
+        channel_multipliers=(1, 2, 2, 4),
+        num_res_blocks=1,
+        latent_channels=16,
+        temporal_downsample=(True, True, False),
+        spatial_downsample=(True, True, True),
+    ),
     # Time is halved in the first two steps: the widest-resolution levels are the most
     # expensive, and every later level then runs on a quarter of the frames.
     "4x8x8-c16": VAEConfig(
