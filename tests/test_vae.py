@@ -91,10 +91,10 @@ def test_encode_decode_shapes(tiny_params, frames, latent_frames):
 def test_params_are_float32_and_bfloat16_compute_runs():
     cfg = VAEConfig(
         base_channels=4,
-        channel_multipliers=(1, 2),
+        channel_multipliers=(1, 2, 2),
         num_res_blocks=0,
-        temporal_downsample=(True,),
-        spatial_downsample=(True,),
+        temporal_downsample=(True, False),
+        spatial_downsample=(True, True),
         latent_channels=4,
         mid_attention=True,
         dtype="bfloat16",
@@ -247,6 +247,54 @@ def test_config_rejects_inconsistent_fields():
         VAEConfig(channel_multipliers=(1, 2), temporal_downsample=(True, True))
     with pytest.raises(ValueError, match="dtype must be one of"):
         VAEConfig(dtype="float64")
+
+
+def _config_with_factors(temporal_factor, spatial_factor, latent_channels):
+    """Fewest levels that reach both factors; each downsampling step halves time and/or space."""
+    time_steps, space_steps = temporal_factor.bit_length() - 1, spatial_factor.bit_length() - 1
+    num_steps = max(time_steps, space_steps)
+    return VAEConfig(
+        base_channels=4,
+        channel_multipliers=(1,) * (num_steps + 1),
+        num_res_blocks=0,
+        latent_channels=latent_channels,
+        temporal_downsample=tuple(i < time_steps for i in range(num_steps)),
+        spatial_downsample=tuple(i < space_steps for i in range(num_steps)),
+    )
+
+
+@pytest.mark.parametrize("temporal_factor", [1, 2, 4, 8])
+@pytest.mark.parametrize("spatial_factor", [4, 8, 16])
+@pytest.mark.parametrize("latent_channels", [4, 64])
+def test_every_allowed_factor_gives_the_latent_shape(
+    temporal_factor, spatial_factor, latent_channels
+):
+    cfg = _config_with_factors(temporal_factor, spatial_factor, latent_channels)
+    assert (cfg.temporal_factor, cfg.spatial_factor) == (temporal_factor, spatial_factor)
+    frames, height, width = 1 + 2 * temporal_factor, 2 * spatial_factor, 3 * spatial_factor
+    video = jax.ShapeDtypeStruct((1, frames, height, width, 3), jnp.float32)
+    model = VideoVAE(cfg)
+    params = jax.eval_shape(model.init, jax.random.key(0), video)
+    mean, _ = jax.eval_shape(functools.partial(model.apply, method=VideoVAE.encode), params, video)
+    expected = (1, 3, 2, 3, latent_channels)  # (B, 1 + 2, H/fs, W/fs, C)
+    assert mean.shape == expected == (1, *latent_shape(cfg, frames, height, width))
+    decoded = jax.eval_shape(functools.partial(model.apply, method=VideoVAE.decode), params, mean)
+    assert decoded.shape == video.shape
+
+
+def test_config_rejects_factors_and_channels_outside_the_allowed_sets():
+    with pytest.raises(ValueError, match=r"temporal factor of 16; allowed: \(1, 2, 4, 8\)"):
+        VAEConfig(
+            channel_multipliers=(1,) * 5,
+            temporal_downsample=(True,) * 4,
+            spatial_downsample=(True, True, False, False),
+        )
+    with pytest.raises(ValueError, match=r"spatial factor of 2; allowed: \(4, 8, 16\)"):
+        VAEConfig(
+            channel_multipliers=(1, 2), temporal_downsample=(True,), spatial_downsample=(True,)
+        )
+    with pytest.raises(ValueError, match=r"latent_channels must be in \[4, 64\], got 65"):
+        VAEConfig(latent_channels=65)
 
 
 def test_preset_factors():

@@ -11,6 +11,9 @@ import jax.numpy as jnp
 
 LOGVAR_MIN, LOGVAR_MAX = -30.0, 20.0
 ALLOWED_DTYPES = ("float32", "bfloat16", "float16")
+ALLOWED_TEMPORAL_FACTORS = (1, 2, 4, 8)
+ALLOWED_SPATIAL_FACTORS = (4, 8, 16)
+LATENT_CHANNEL_RANGE = (4, 64)
 
 
 # ---- Config ----------------------------------------------------------------------------
@@ -43,6 +46,21 @@ class VAEConfig:
             raise ValueError("base_channels, latent_channels and channel_multipliers must be ≥ 1.")
         if self.num_res_blocks < 0:
             raise ValueError(f"num_res_blocks must be ≥ 0, got {self.num_res_blocks}.")
+        if self.temporal_factor not in ALLOWED_TEMPORAL_FACTORS:
+            raise ValueError(
+                f"temporal_downsample gives a temporal factor of {self.temporal_factor}; "
+                f"allowed: {ALLOWED_TEMPORAL_FACTORS} (0 to 3 True entries)."
+            )
+        if self.spatial_factor not in ALLOWED_SPATIAL_FACTORS:
+            raise ValueError(
+                f"spatial_downsample gives a spatial factor of {self.spatial_factor}; "
+                f"allowed: {ALLOWED_SPATIAL_FACTORS} (2 to 4 True entries)."
+            )
+        low, high = LATENT_CHANNEL_RANGE
+        if not low <= self.latent_channels <= high:
+            raise ValueError(
+                f"latent_channels must be in [{low}, {high}], got {self.latent_channels}."
+            )
 
     @property
     def temporal_factor(self) -> int:
