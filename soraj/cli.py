@@ -4,7 +4,7 @@ import argparse
 import sys
 from pathlib import Path
 
-COMMANDS = ("generate", "demo", "train", "train-vae", "make-dataset", "evaluate")
+COMMANDS = ("generate", "demo", "train", "train-vae", "make-dataset", "evaluate", "reconstruct")
 USAGE = f"""usage: soraj COMMAND [options]
 
 commands:
@@ -14,6 +14,7 @@ commands:
   train-vae     train the VAE: --config=soraj/configs/vae.py:tiny --workdir=DIR [--config.x=...]
   make-dataset  write a dataset as TFDS ArrayRecord (shapes)
   evaluate      shapes-probe accuracy of a checkpoint on held-out prompts
+  reconstruct   a video file through a VAE and back: side-by-side mp4 + PSNR/SSIM JSON line
 
 `soraj COMMAND --help` shows a command's options. Allowed commands: {", ".join(COMMANDS)}"""
 
@@ -158,5 +159,9 @@ def main(argv: list[str] | None = None):
         from soraj.eval.evaluate import evaluate_command
 
         evaluate_command(rest)
+    elif command == "reconstruct":
+        from soraj.reconstruct import run_reconstruct
+
+        run_reconstruct(rest)
     else:
         sys.exit(f"soraj: unknown command {command!r}; allowed: {', '.join(COMMANDS)}")
