@@ -4,7 +4,16 @@ import argparse
 import sys
 from pathlib import Path
 
-COMMANDS = ("generate", "demo", "train", "train-vae", "make-dataset", "evaluate", "reconstruct")
+COMMANDS = (
+    "generate",
+    "demo",
+    "train",
+    "train-vae",
+    "make-dataset",
+    "evaluate",
+    "reconstruct",
+    "cache-latents",
+)
 USAGE = f"""usage: soraj COMMAND [options]
 
 commands:
@@ -15,6 +24,7 @@ commands:
   make-dataset  write a dataset as TFDS ArrayRecord (shapes)
   evaluate      shapes-probe accuracy of a checkpoint on held-out prompts
   reconstruct   a video file through a VAE and back: side-by-side mp4 + PSNR/SSIM JSON line
+  cache-latents encode a dataset once with a VAE (ArrayRecord latents + captions [+ text])
 
 `soraj COMMAND --help` shows a command's options. Allowed commands: {", ".join(COMMANDS)}"""
 
@@ -139,6 +149,68 @@ def run_make_dataset(argv: list[str]):
     )
 
 
+def cache_latents_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="soraj cache-latents",
+        description="encode a dataset once into normalised VAE latents for DiT training "
+        "(--config.data.latent_cache=OUT)",
+    )
+    parser.add_argument("--vae", required=True, help="VAE export, generation bundle or workdir")
+    parser.add_argument("--out", required=True, help="new folder for the cache")
+    parser.add_argument("--source", choices=["shapes"], default="shapes")
+    parser.add_argument("--num-clips", type=int, default=1000)
+    parser.add_argument("--frames", type=int, default=9)
+    parser.add_argument("--height", type=int, default=32)
+    parser.add_argument("--width", type=int, default=32)
+    parser.add_argument("--seed", type=int, default=0, help="the Shapes seed (= config.seed)")
+    parser.add_argument("--split", choices=["train", "heldout", "all"], default="train")
+    parser.add_argument("--text-states", action="store_true", help="also cache MiniLM states")
+    parser.add_argument("--max-tokens", type=int, default=32, help="MiniLM tokens per caption")
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=32,
+        help="clips per VAE call; the training batch size makes the latents bit-identical "
+        "to on-the-fly encoding (XLA picks conv algorithms by shape)",
+    )
+    return parser
+
+
+def run_cache_latents(argv: list[str]):
+    args = cache_latents_parser().parse_args(argv)
+    try:
+        # Every check that needs no weights first, so bad input fails before anything loads.
+        if Path(args.out).exists():
+            raise ValueError(f"--out {args.out} already exists; give a new directory")
+        if args.batch_size < 1:
+            raise ValueError(f"--batch-size must be a positive integer, got {args.batch_size}")
+        from soraj.data.latent_cache import shapes_description
+        from soraj.data.latent_cache_writer import write_latent_cache
+        from soraj.data.shapes import ShapesSource
+        from soraj.models.latent_codec import LatentCodec
+        from soraj.models.text import MiniLMEncoder
+        from soraj.train import resolve_vae
+
+        source = ShapesSource(
+            args.num_clips, args.frames, args.height, args.width, args.seed, args.split
+        )
+        description = shapes_description(
+            args.num_clips, args.frames, args.height, args.width, args.seed, args.split
+        )
+        vae_dir = resolve_vae(args.vae)
+        codec = LatentCodec.load(vae_dir)
+        codec.check_shape(args.frames, args.height, args.width)
+        text_encoder = MiniLMEncoder(max_tokens=args.max_tokens) if args.text_states else None
+        out = write_latent_cache(
+            args.out, codec, source, description, args.batch_size, vae_dir, text_encoder
+        )
+    except ValueError as error:
+        sys.exit(f"soraj cache-latents: error: {error}")
+    print(f"wrote a latent cache of {len(source)} clips to {out}")
+    print(f"train on it with --config.data.latent_cache={out}")
+    return out
+
+
 def main(argv: list[str] | None = None):
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] in ("-h", "--help"):
@@ -163,5 +235,7 @@ def main(argv: list[str] | None = None):
         from soraj.reconstruct import run_reconstruct
 
         run_reconstruct(rest)
+    elif command == "cache-latents":
+        run_cache_latents(rest)
     else:
         sys.exit(f"soraj: unknown command {command!r}; allowed: {', '.join(COMMANDS)}")

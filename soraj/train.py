@@ -10,9 +10,11 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import optax
 
 from soraj import checkpoint, optim, sharding
+from soraj.data.latent_cache import LatentCache, shapes_description
 from soraj.data.pipeline import batch_iterator, caption_dropout
 from soraj.data.shapes import ShapesSource
 from soraj.diffusion.objective import flow_matching_loss
@@ -91,19 +93,69 @@ def latents_to_packed(latents, patch_size) -> dict:
 
 
 class BatchBuilder:
-    """Host batches of clips + captions → packed device batches (VAE encode on the fly)."""
+    """Host batches → packed device batches of one sample per row. Clips are VAE-encoded here;
+    records of a latent cache bring their latents (and maybe text states) and skip that work."""
 
-    def __init__(self, codec: LatentCodec, patch_size, text_encoder, mesh):
-        self.codec, self.mesh, self.text_encoder = codec, mesh, text_encoder
-        self._encode = jax.jit(lambda p, v: latents_to_packed(codec.encode(p, v), patch_size))
+    def __init__(self, codec: LatentCodec, patch_size, text_encoder, mesh, null_text=None):
+        self.codec, self.mesh, self.text_encoder, self.null_text = (
+            codec,
+            mesh,
+            text_encoder,
+            null_text,
+        )
+        # Encode and pack are separate jits so both paths pack latents with the same program.
+        self._encode = jax.jit(codec.encode)
+        self._pack = jax.jit(functools.partial(latents_to_packed, patch_size=patch_size))
+
+    def text_inputs(self, host_batch: dict) -> tuple[np.ndarray, np.ndarray]:
+        """(B, 1, M, ...) text inputs and (B, 1, M) mask: cached states, else the encoder's."""
+        if "text_states" not in host_batch:
+            return segment_inputs(self.text_encoder, [str(c) for c in host_batch["caption"]])
+        # Caption dropout blanked some captions after the cache was written: those rows take
+        # the null caption's states, exactly what the text encoder gives for "".
+        dropped = np.array([c == "" for c in host_batch["caption"]])[:, None]  # (B, 1)
+        states = np.where(dropped[..., None], self.null_text[0], host_batch["text_states"])
+        mask = np.where(dropped, self.null_text[1], host_batch["text_mask"])
+        return states[:, None], mask[:, None]
 
     def __call__(self, host_batch: dict) -> dict:
-        captions = [str(c) for c in host_batch["caption"]]
-        text, text_mask = segment_inputs(self.text_encoder, captions)  # (B, 1, M, ...)
-        video = sharding.shard_batch({"video": host_batch["video"]}, self.mesh)["video"]
-        packed = self._encode(self.codec.params, video)
+        text, text_mask = self.text_inputs(host_batch)
+        if "latents" in host_batch:
+            latents = sharding.shard_batch({"latents": host_batch["latents"]}, self.mesh)["latents"]
+        else:
+            video = sharding.shard_batch({"video": host_batch["video"]}, self.mesh)["video"]
+            latents = self._encode(self.codec.params, video)  # (B, T', H', W', C)
+        packed = self._pack(latents)
         packed.update(sharding.shard_batch({"text": text, "text_mask": text_mask}, self.mesh))
         return packed
+
+
+def training_data(config, codec: LatentCodec, vae_dir: Path, text: TextConfig, patch_size, mesh):
+    """(host batch iterator, BatchBuilder): Shapes clips encoded on the fly, or the records of
+    config.data.latent_cache, which must come from this VAE and this config's dataset."""
+    data = config.data
+    dataset = shapes_description(
+        data.num_clips, data.num_frames, data.height, data.width, config.seed, data.split
+    )
+    null_text = None
+    if data.latent_cache:
+        cache = LatentCache.open(data.latent_cache)
+        cache.check_vae(codec, vae_dir)
+        cache.check_source(dataset)
+        cached_text = cache.has_text_states and not text.trainable  # byte ids are not states
+        if cached_text:
+            cache.check_text(text.max_tokens)
+            null_text = cache.null_text()
+        source = cache.source(text_states=cached_text)
+    else:
+        source = ShapesSource(
+            data.num_clips, data.num_frames, data.height, data.width, config.seed, data.split
+        )
+    iterator = batch_iterator(
+        source, config.batch_size, config.seed, caption_dropout(data.caption_dropout)
+    )
+    text_encoder = None if null_text is not None else text.host_encoder()
+    return iterator, BatchBuilder(codec, patch_size, text_encoder, mesh, null_text)
 
 
 # ---- Export and samples ---------------------------------------------------------------------
@@ -185,12 +237,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path):
     patching.grid_shape(latent[:3], dit.config.patch_size)  # validates divisibility early
     mesh = sharding.make_mesh()
     optimizer = optim.make_optimizer(config.optim)
-    source = ShapesSource(
-        data.num_clips, data.num_frames, data.height, data.width, seed=config.seed, split=data.split
-    )
-    iterator = batch_iterator(
-        source, config.batch_size, config.seed, caption_dropout(data.caption_dropout)
-    )
+    iterator, build_batch = training_data(config, codec, vae_dir, text, dit.config.patch_size, mesh)
 
     def init_state(rng):
         init_rng, state_rng = jax.random.split(rng)
@@ -208,8 +255,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path):
     n_params = sum(x.size for x in jax.tree.leaves(state.params))
     print(f"DiT {n_params / 1e6:.2f}M params; latents {latent}; workdir {workdir}")
 
-    text_encoder = text.host_encoder()
-    build_batch = BatchBuilder(codec, dit.config.patch_size, text_encoder, mesh)
     step_fn = jax.jit(
         functools.partial(train_step, dit=dit, text=text, optimizer=optimizer, config=config),
         donate_argnums=0,
@@ -229,7 +274,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path):
             )
             export(workdir, dit, state, config, text, vae_dir)
         if done % config.sample_every == 0 or done == config.total_steps:
-            generator = Generator(codec, dit, state.ema_params, text, text_encoder)
+            # Cached text states leave no encoder loaded; sampling needs one for its prompt.
+            build_batch.text_encoder = build_batch.text_encoder or text.host_encoder()
+            generator = Generator(codec, dit, state.ema_params, text, build_batch.text_encoder)
             print(f"sample written to {write_sample(workdir, done, generator, config)}")
     manager.wait_until_finished()
     writer.close()

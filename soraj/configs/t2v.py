@@ -49,6 +49,9 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
     config.data.height = preset["height"]
     config.data.width = preset["width"]
     config.data.caption_dropout = 0.1  # the null text teaches the unconditional velocity for CFG
+    # A `soraj cache-latents` folder made from this dataset by config.vae_checkpoint: training
+    # reads its latents (and text states, if cached) instead of encoding each batch. "" = online.
+    config.data.latent_cache = ""
     config.batch_size = preset["batch_size"]
 
     config.diffusion = ml_collections.ConfigDict()

@@ -1,0 +1,164 @@
+"""Writes a latent cache (see latent_cache.py): every clip of a source encoded once by a VAE, in
+batches, into TFDS ArrayRecord records in clip order, then the null text and the metadata."""
+
+import datetime
+import json
+import os
+import shutil
+from pathlib import Path
+
+import jax
+import numpy as np
+import tensorflow_datasets as tfds
+from etils import epath
+from tqdm import tqdm
+
+from soraj import checkpoint
+from soraj.data.latent_cache import (
+    DATASET_NAME,
+    FORMAT,
+    METADATA_FILE,
+    NULL_TEXT_FILE,
+    RECORDS_DIR,
+    vae_fingerprint,
+)
+
+STAGING_SUFFIX = ".cache-latents-tmp"
+
+# ---- The TFDS builder -------------------------------------------------------------------------
+
+
+class LatentCacheBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+    """One "train" split, written in the order the examples come, so record i is clip i."""
+
+    name = DATASET_NAME
+    VERSION = tfds.core.Version("1.0.0")
+    RELEASE_NOTES = {"1.0.0": "First release."}
+    code_path = epath.Path(__file__)  # TFDS would look it up through importlib_resources
+
+    def __init__(self, *, features, examples, **kwargs):
+        self._features, self._examples = features, examples
+        super().__init__(**kwargs)
+
+    def _info(self) -> tfds.core.DatasetInfo:
+        return tfds.core.DatasetInfo(
+            builder=self,
+            description="Normalised VAE latents with captions (soraj cache-latents).",
+            features=self._features,
+            disable_shuffling=True,  # grain shuffles at read time
+        )
+
+    def _split_generators(self, dl_manager):
+        del dl_manager  # everything is computed, nothing is downloaded
+        return {"train": self._generate_examples()}
+
+    def _generate_examples(self):
+        yield from self._examples
+
+    # TFDS prints "downloading ... to <staging folder>" around a build; nothing is downloaded
+    # and the folder is renamed at the end, so the command prints where the cache went instead.
+    def _log_download_bytes(self) -> None:
+        pass
+
+    def _log_download_done(self) -> None:
+        pass
+
+
+def _features(latent_shape, text_shape) -> tfds.features.FeaturesDict:
+    features = {
+        "latents": tfds.features.Tensor(shape=tuple(latent_shape), dtype=np.float32),
+        "caption": tfds.features.Text(),
+        "index": tfds.features.Scalar(dtype=np.int64),
+    }
+    if text_shape is not None:
+        features["text_states"] = tfds.features.Tensor(shape=tuple(text_shape), dtype=np.float32)
+        features["text_mask"] = tfds.features.Tensor(shape=text_shape[:1], dtype=np.bool_)
+    return tfds.features.FeaturesDict(features)
+
+
+# ---- Encoding ---------------------------------------------------------------------------------
+
+
+def _encoded_examples(codec, source, batch_size, text_encoder):
+    """(index, example) pairs, encoding batch_size clips at a time with training's encode.
+
+    XLA picks convolution algorithms by shape, so a clip's latents can differ in the last bits
+    between batch sizes (not between batch contents). Every call therefore gets exactly
+    batch_size clips, the last batch padded with repeats of its last clip: with training's
+    batch size, the cache holds bit for bit what on-the-fly encoding computes.
+    """
+    encode = jax.jit(codec.encode)
+    for start in tqdm(range(0, len(source), batch_size), desc="encoding", unit="batch"):
+        items = [source[i] for i in range(start, min(start + batch_size, len(source)))]
+        videos = [x["video"] for x in items]
+        videos += videos[-1:] * (batch_size - len(videos))
+        latents = np.asarray(encode(codec.params, np.stack(videos)))  # (batch_size, T', H', W', C)
+        captions = [str(x["caption"]) for x in items]
+        if text_encoder is not None:
+            states, mask = text_encoder.encode(captions)  # (B, M, E), (B, M)
+        for j, caption in enumerate(captions):
+            example = {"latents": latents[j], "caption": caption, "index": start + j}
+            if text_encoder is not None:
+                example.update(text_states=states[j], text_mask=mask[j])
+            yield start + j, example
+
+
+def write_latent_cache(
+    out, codec, source, description: dict, batch_size: int, vae_dir, text_encoder=None
+) -> Path:
+    """Encodes every clip of source into the new cache folder `out` and returns it. The folder
+    appears only when complete: everything is written to a staging folder, then renamed."""
+    out = Path(out)
+    if out.exists():
+        raise ValueError(f"{out} already exists; give a new directory for the cache")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch size must be a positive int, got {batch_size!r}")
+    if text_encoder is not None and text_encoder.trainable:
+        raise ValueError("only a frozen text encoder's states can be cached (minilm), not bytes")
+    size = (description["num_frames"], description["height"], description["width"])
+    codec.check_shape(*size)
+    vae_stored = checkpoint.load_export_config(vae_dir)
+    metadata = {
+        "format": FORMAT,
+        "num_records": len(source),
+        "latent_shape": list(codec.latent_shape(*size)),  # (T', H', W', C)
+        "latent_dtype": "float32",
+        "encode_batch_size": batch_size,
+        "source": description,
+        "text": None,
+        "vae": {
+            "fingerprint": vae_fingerprint(codec),
+            "export": str(Path(vae_dir).absolute()),
+            "step": vae_stored.get("step"),
+            "code_version": vae_stored.get("code_version"),
+        },
+        "code_version": checkpoint.code_version(),
+        "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+    }
+    text_shape = None
+    if text_encoder is not None:
+        null_states, null_mask = text_encoder.null_text()  # (M, E), (M,)
+        text_shape = null_states.shape
+        metadata["text"] = dict(
+            encoder="minilm", max_tokens=text_encoder.max_tokens, width=text_shape[1]
+        )
+
+    staging = out.with_name(out.name + STAGING_SUFFIX)
+    if staging.exists():
+        shutil.rmtree(staging)  # left by an interrupted run; never a finished cache
+    staging.mkdir(parents=True)
+    tfds.display_progress_bar(False)  # the encoding bar says all there is
+    builder = LatentCacheBuilder(
+        features=_features(metadata["latent_shape"], text_shape),
+        examples=_encoded_examples(codec, source, batch_size, text_encoder),
+        data_dir=str(staging / RECORDS_DIR),
+        file_format="array_record",
+    )
+    builder.download_and_prepare()
+    shutil.rmtree(staging / RECORDS_DIR / "downloads", ignore_errors=True)
+    metadata["records"] = str(Path(builder.data_dir).relative_to(staging))
+    if text_encoder is not None:
+        np.savez(staging / NULL_TEXT_FILE, states=null_states, mask=null_mask)
+    (staging / METADATA_FILE).write_text(json.dumps(metadata, indent=2, sort_keys=True))
+    os.replace(staging, out)
+    return out
