@@ -13,6 +13,7 @@ import numpy as np
 
 from soraj import checkpoint
 from soraj.models.vae import VAEConfig, VideoVAE, check_video_shape, latent_shape
+from soraj.models.vae_memory_plan import decode_within_budget, encode_within_budget
 
 
 def vae_config_from_dict(fields: dict) -> VAEConfig:
@@ -30,6 +31,26 @@ def model_range_to_video(x: jax.Array) -> jax.Array:
     return jnp.round((jnp.clip(x, -1.0, 1.0) + 1.0) * 127.5).astype(jnp.uint8)
 
 
+def resolve_vae_export(directory: str | Path) -> Path:
+    directory = Path(directory)
+    for candidate in (directory, directory / "vae", directory / "export"):
+        if checkpoint.is_export(candidate):
+            return candidate
+    raise ValueError(
+        f"no VAE export at {directory}: expected config.json and params/ there, in "
+        f"{directory / 'vae'} (a generation bundle) or in {directory / 'export'} "
+        "(a `soraj train-vae` workdir)"
+    )
+
+
+def check_finite(name: str, array) -> None:
+    """Host-side check; inside jit a NaN would only surface as a NaN video much later."""
+    array = np.asarray(array)
+    if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
+        bad = int(np.size(array) - np.isfinite(array).sum())
+        raise ValueError(f"{name} holds {bad} non-finite values (NaN or inf); all must be finite.")
+
+
 @dataclasses.dataclass(frozen=True)
 class LatentCodec:
     config: VAEConfig
@@ -43,7 +64,9 @@ class LatentCodec:
 
     @classmethod
     def load(cls, directory: str | Path) -> "LatentCodec":
-        """Loads a `soraj train-vae` export (WORKDIR/export or a shipped copy)."""
+        """Loads a VAE export: the export itself, a generation bundle's vae/, or a
+        `soraj train-vae` workdir's export/."""
+        directory = resolve_vae_export(directory)
         stored = checkpoint.load_export_config(directory)
         if stored.get("kind") != "vae":
             raise ValueError(f"{directory} holds a {stored.get('kind')!r} export, not a VAE")
@@ -75,3 +98,27 @@ class LatentCodec:
         """normalised latents (B, T', H', W', C) → uint8 (B, T, H, W, 3). Jittable."""
         z = latents * self.scale + self.shift
         return model_range_to_video(self.model.apply({"params": params}, z, method=VideoVAE.decode))
+
+    # ---- Host-side, memory-bounded entry points ----
+
+    def encode_within_budget(self, video, memory_budget: int) -> jax.Array:
+        """uint8 or [-1, 1] float (B, T, H, W, 3) → normalised latent means, cut into the time
+        chunks and spatial tiles the planner picks for memory_budget bytes."""
+        video = np.asarray(video)
+        if video.ndim != 5 or video.shape[-1] != 3:
+            raise ValueError(f"video must have shape (B, T, H, W, 3), got {video.shape}.")
+        check_finite("video", video)
+        self.check_shape(*video.shape[1:4])
+        x = video_to_model_range(video) if video.dtype == np.uint8 else jnp.asarray(video)
+        mean, _ = encode_within_budget(self.model, self.params, x, memory_budget)
+        return (mean - self.shift) / self.scale
+
+    def decode_within_budget(self, latents, memory_budget: int) -> jax.Array:
+        """normalised latents (B, T', H', W', C) → uint8 video, planned for memory_budget."""
+        latents = np.asarray(latents)
+        c = self.config.latent_channels
+        if latents.ndim != 5 or latents.shape[-1] != c:
+            raise ValueError(f"latents must have shape (B, T, H, W, {c}), got {latents.shape}.")
+        check_finite("latents", latents)
+        z = latents * self.scale + self.shift
+        return model_range_to_video(decode_within_budget(self.model, self.params, z, memory_budget))
