@@ -214,11 +214,8 @@ def resolve_vae(path: str) -> Path:
     raise ValueError(f"no VAE export at {path} (nor in its export/ or vae/ folder)")
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path):
-    workdir = Path(workdir)
-    text = TextConfig(**config.text)
-    vae_dir = resolve_vae(config.vae_checkpoint)
-    codec = LatentCodec.load(vae_dir)
+def make_dit(config, codec: LatentCodec, text: TextConfig) -> DiT:
+    """The DiT of config.model for this VAE's latents of config.data's clips."""
     data = config.data
     latent = codec.latent_shape(data.num_frames, data.height, data.width)
     dit = DiT(
@@ -235,6 +232,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path):
         )
     )
     patching.grid_shape(latent[:3], dit.config.patch_size)  # validates divisibility early
+    return dit
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path):
+    workdir = Path(workdir)
+    text = TextConfig(**config.text)
+    vae_dir = resolve_vae(config.vae_checkpoint)
+    codec = LatentCodec.load(vae_dir)
+    dit = make_dit(config, codec, text)
+    latent = codec.latent_shape(config.data.num_frames, config.data.height, config.data.width)
     mesh = sharding.make_mesh()
     optimizer = optim.make_optimizer(config.optim)
     iterator, build_batch = training_data(config, codec, vae_dir, text, dit.config.patch_size, mesh)
