@@ -97,12 +97,9 @@ class BatchBuilder:
     records of a latent cache bring their latents (and maybe text states) and skip that work."""
 
     def __init__(self, codec: LatentCodec, patch_size, text_encoder, mesh, null_text=None):
-        self.codec, self.mesh, self.text_encoder, self.null_text = (
-            codec,
-            mesh,
-            text_encoder,
-            null_text,
-        )
+        self.codec, self.mesh = codec, mesh
+        self.text_encoder = text_encoder  # None when every batch brings cached text states
+        self.null_text = null_text  # cached states (M, E) and mask (M,) of the null caption
         # Encode and pack are separate jits so both paths pack latents with the same program.
         self._encode = jax.jit(codec.encode)
         self._pack = jax.jit(functools.partial(latents_to_packed, patch_size=patch_size))
@@ -112,7 +109,7 @@ class BatchBuilder:
         if "text_states" not in host_batch:
             return segment_inputs(self.text_encoder, [str(c) for c in host_batch["caption"]])
         # Caption dropout blanked some captions after the cache was written: those rows take
-        # the null caption's states, exactly what the text encoder gives for "".
+        # the states the text encoder gave for "" when the cache was written.
         dropped = np.array([c == "" for c in host_batch["caption"]])[:, None]  # (B, 1)
         states = np.where(dropped[..., None], self.null_text[0], host_batch["text_states"])
         mask = np.where(dropped, self.null_text[1], host_batch["text_mask"])
