@@ -116,12 +116,7 @@ def test_records_round_trip(cache_dir, codec):
 # two or more rows. So online states depend on which captions were new together, and cached
 # ones cannot match them bit for bit until soraj/models/text.py runs at least two rows (a
 # one-line change there, verified to make this case pass).
-MINILM_ONE_ROW = pytest.mark.xfail(
-    strict=True, raises=AssertionError, reason="MiniLM states depend on the rows per call"
-)
-
-
-@pytest.mark.parametrize("encoder", [pytest.param("minilm", marks=MINILM_ONE_ROW), "bytes"])
+@pytest.mark.parametrize("encoder", ["minilm", "bytes"])
 def test_cached_and_online_batches_are_identical(cache_dir, codec, encoder):
     steps = 4  # 16 clips from 6: crosses two epoch boundaries of the shuffled, repeated source
     online_host, online = batches(train_config(encoder=encoder), codec, steps)

@@ -266,7 +266,9 @@ class MiniLMEncoder:
         missing = list(dict.fromkeys(c for c in captions if c not in self._cache))
         if missing:
             # Round the batch up to a power of two so few distinct shapes get compiled.
-            bucket = 1 << (len(missing) - 1).bit_length()
+            # At least two rows: XLA:CPU rounds a one-row call differently from wider ones,
+            # and a caption's states must not depend on which captions were new with it.
+            bucket = max(2, 1 << (len(missing) - 1).bit_length())
             ids, mask = self.tokenize(missing + [""] * (bucket - len(missing)))
             states = self._run_model(ids, mask) * mask[..., None]  # (bucket, M, E)
             for i, caption in enumerate(missing):
