@@ -1,9 +1,12 @@
-"""VAE trainer: L1 reconstruction + KL on Shapes videos and images, `train_and_evaluate(config,
-workdir)`. A deliberate sibling of train.py, not a subclass."""
+"""VAE trainer: pixel reconstruction + KL, and an optional 3D PatchGAN switched on after a set
+step, on batches of several clip shapes (videos and images) from Shapes or a video folder;
+`train_and_evaluate(config, workdir)`. A deliberate sibling of train.py, not a subclass."""
 
 import dataclasses
 import functools
+import json
 from pathlib import Path
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -11,101 +14,256 @@ import ml_collections
 import numpy as np
 import optax
 
-from soraj import checkpoint, optim, sharding
-from soraj.data.pipeline import batch_iterator
-from soraj.data.shapes import ShapesSource
+from soraj import checkpoint, optim, sharding, vae_losses
+from soraj.data.clip_shapes import clip_shapes, make_iterators
+from soraj.data.video_folder import loop_to_length
 from soraj.data.video_io import write_gif
 from soraj.metric_writer import MetricWriter
+from soraj.models import discriminator as disc
 from soraj.models.latent_codec import model_range_to_video, video_to_model_range
-from soraj.models.vae import VAE_PRESETS, VideoVAE, check_video_shape, kl_divergence
+from soraj.models.vae import VAE_PRESETS, VideoVAE, check_video_shape
 
-# ---- The pure train step --------------------------------------------------------------------
+SOURCES = ("shapes", "video_folder")
 
-
-def vae_loss(params, model: VideoVAE, batch: dict, rng, loss_config):
-    """Weighted L1 and squared error over pixels of videos and images, plus kl_weight × KL per
-    sample. Squared error carries most of the weight: on mostly flat frames L1's constant-size
-    gradient settles on the background first and learns small objects slowly (measured: PSNR
-    15.4 with L1 against 20.0 with MSE after 300 steps of the tiny VAE, by
-    experiments/shapes/vae_loss_comparison.py)."""
-    l1_terms, mse_terms, kl_terms = [], [], []
-    for name, rng_part in zip(("video", "image"), jax.random.split(rng), strict=True):
-        x = video_to_model_range(batch[name])  # (B, T, H, W, 3)
-        reconstruction, mean, logvar = model.apply({"params": params}, x, sample_rng=rng_part)
-        l1_terms.append(jnp.abs(reconstruction - x).mean())
-        mse_terms.append(jnp.square(reconstruction - x).mean())
-        kl_terms.append(kl_divergence(mean, logvar))
-    l1, mse = jnp.mean(jnp.stack(l1_terms)), jnp.mean(jnp.stack(mse_terms))
-    kl = jnp.mean(jnp.stack(kl_terms))
-    loss = loss_config.l1_weight * l1 + loss_config.mse_weight * mse + loss_config.kl_weight * kl
-    return loss, {"l1": l1, "mse": mse, "kl": kl}
+# ---- Config checks ------------------------------------------------------------------------------
 
 
-def train_step(state: optim.TrainState, batch: dict, rng, *, model, optimizer, config):
-    """(state, batch, rng) → (state, metrics); pure, jitted once with donation."""
+def check_config(config, shapes, model: VideoVAE, discriminator) -> None:
+    """Every check that needs no data or weights, so bad input fails before any work."""
+    if not shapes:
+        raise ValueError("config.data.clip_shapes is empty: give at least one clip shape")
+    names = [shape.name for shape in shapes]
+    if len(set(names)) != len(names):
+        raise ValueError(f"config.data.clip_shapes repeats a (frames, height, width): {names}")
+    for shape in shapes:
+        if shape.batch_size < 1:
+            raise ValueError(f"clip shape {shape.name} has batch size {shape.batch_size}; need ≥ 1")
+        check_video_shape(model.config, shape.frames, shape.height, shape.width)
+        if discriminator is not None:
+            disc.check_frame_size(discriminator.config, shape.height, shape.width)
+    if config.data.source not in SOURCES:
+        raise ValueError(f"unknown config.data.source {config.data.source!r}; allowed: {SOURCES}")
+    if config.data.source == "video_folder" and not config.data.folder:
+        raise ValueError(
+            "config.data.folder is not set: the video_folder source needs "
+            "--config.data.folder=DIR, a folder with captions.jsonl"
+        )
+    allowed = vae_losses.PIXEL_LOSSES
+    if config.loss.pixel_loss not in allowed:
+        raise ValueError(
+            f"unknown config.loss.pixel_loss {config.loss.pixel_loss!r}; allowed: {allowed}"
+        )
+    start = config.loss.gan_start_step
+    if start is not None and (isinstance(start, bool) or not isinstance(start, int) or start < 0):
+        raise ValueError(f"config.loss.gan_start_step must be None or an int ≥ 0, got {start!r}")
+
+
+# ---- Train state -------------------------------------------------------------------------------
+
+
+class VAETrainState(optim.TrainState):
+    """The VAE's TrainState plus the discriminator's params and optimizer state (None without
+    a GAN)."""
+
+    disc_params: Any = None
+    disc_opt_state: Any = None
+
+
+# ---- The pure train step -----------------------------------------------------------------------
+
+
+def generator_gradients(
+    params, disc_params, videos, rngs, gan_active, *, model, discriminator, loss_config, names
+):
+    """(VAE grads, reconstructions, metrics). One forward pass; its pullback maps cotangents of
+    the outputs to param gradients, so the adaptive weight's two last-layer gradients cost only
+    the last layer's backward (XLA drops the rest of those two pullbacks)."""
+
+    def reconstruct(p):
+        return {n: model.apply({"params": p}, videos[n], sample_rng=rngs[n]) for n in names}
+
+    outputs, pullback = jax.vjp(reconstruct, params)
+    objective = jax.value_and_grad(vae_losses.reconstruction_objective, has_aux=True)
+    (rec_loss, metrics), rec_cotangent = objective(outputs, videos, names, loss_config)
+    cotangent = rec_cotangent
+    if discriminator is not None:
+
+        def with_gan(_):
+            adversarial = jax.value_and_grad(vae_losses.adversarial_objective)
+            adv_loss, adv_cotangent = adversarial(outputs, disc_params, discriminator, names)
+            weight = vae_losses.adaptive_gan_weight(
+                vae_losses.decoder_last_layer(pullback(rec_cotangent)[0]),
+                vae_losses.decoder_last_layer(pullback(adv_cotangent)[0]),
+                loss_config.adaptive_weight_max,
+            )
+            gan_weight = loss_config.gan_weight * weight
+            combined = jax.tree.map(lambda r, a: r + gan_weight * a, rec_cotangent, adv_cotangent)
+            return combined, {
+                "adversarial": adv_loss,
+                "adaptive_weight": weight,
+                "gan_weight": gan_weight,
+            }
+
+        def without_gan(_):
+            zero = jnp.zeros((), jnp.float32)
+            return rec_cotangent, {"adversarial": zero, "adaptive_weight": zero, "gan_weight": zero}
+
+        cotangent, gan_metrics = jax.lax.cond(gan_active, with_gan, without_gan, None)
+        metrics.update(gan_metrics, gan_active=gan_active.astype(jnp.float32))
+        metrics["reconstruction"] = rec_loss
+        rec_loss = rec_loss + gan_metrics["gan_weight"] * gan_metrics["adversarial"]
+    (grads,) = pullback(cotangent)
+    reconstructions = {n: outputs[n][0] for n in names}
+    return grads, reconstructions, {"loss": rec_loss, **metrics}
+
+
+def discriminator_update(
+    disc_params, disc_opt_state, videos, reconstructions, *, discriminator, disc_optimizer, names
+):
+    """One hinge-loss step of the discriminator on real clips against reconstructions."""
+
+    def objective(dp):
+        losses, real_means, fake_means = [], [], []
+        for n in names:
+            fake = jax.lax.stop_gradient(reconstructions[n])
+            # Real and fake in one batch: GroupNorm works per sample, so nothing mixes.
+            logits = discriminator.apply({"params": dp}, jnp.concatenate([videos[n], fake]))
+            real_logits, fake_logits = jnp.split(logits, 2)
+            losses.append(disc.hinge_discriminator_loss(real_logits, fake_logits))
+            real_means.append(real_logits.mean())
+            fake_means.append(fake_logits.mean())
+        aux = {
+            "disc_real_logits": jnp.mean(jnp.stack(real_means)),
+            "disc_fake_logits": jnp.mean(jnp.stack(fake_means)),
+        }
+        return jnp.mean(jnp.stack(losses)), aux
+
+    (loss, aux), grads = jax.value_and_grad(objective, has_aux=True)(disc_params)
+    updates, disc_opt_state = disc_optimizer.update(grads, disc_opt_state, disc_params)
+    metrics = {"disc_loss": loss, "disc_grad_norm": optax.tree.norm(grads), **aux}
+    return optax.apply_updates(disc_params, updates), disc_opt_state, metrics
+
+
+def train_step(
+    state: VAETrainState,
+    batch: dict,
+    rng,
+    *,
+    model,
+    discriminator,
+    optimizer,
+    disc_optimizer,
+    config,
+    names,
+):
+    """(state, batch, rng) → (state, metrics); pure, jitted once with donation. The GAN switch
+    is a traced comparison of the step with config.loss.gan_start_step inside lax.cond, so
+    switching it on recompiles nothing, and before it the discriminator is not even run."""
     rng = jax.random.fold_in(rng, state.step)
-    grad_fn = jax.value_and_grad(vae_loss, has_aux=True)
-    (loss, aux), grads = grad_fn(state.params, model, batch, rng, config.loss)
+    videos = {n: video_to_model_range(batch[n]) for n in names}  # (B, T, H, W, 3) each
+    rngs = dict(zip(names, jax.random.split(rng, len(names)), strict=True))
+    start = config.loss.gan_start_step
+    gan_active = state.step >= (start if start is not None else 0)
+    grads, reconstructions, metrics = generator_gradients(
+        state.params,
+        state.disc_params,
+        videos,
+        rngs,
+        gan_active,
+        model=model,
+        discriminator=discriminator,
+        loss_config=config.loss,
+        names=names,
+    )
     new_state = state.apply_gradients(grads, optimizer, config.optim.ema_decay)
+    if discriminator is not None:
+
+        def update(_):
+            return discriminator_update(
+                state.disc_params,
+                state.disc_opt_state,
+                videos,
+                reconstructions,
+                discriminator=discriminator,
+                disc_optimizer=disc_optimizer,
+                names=names,
+            )
+
+        def keep(_):
+            zeros = {
+                k: jnp.zeros((), jnp.float32)
+                for k in ("disc_loss", "disc_grad_norm", "disc_real_logits", "disc_fake_logits")
+            }
+            return state.disc_params, state.disc_opt_state, zeros
+
+        disc_params, disc_opt_state, disc_metrics = jax.lax.cond(gan_active, update, keep, None)
+        new_state = new_state.replace(disc_params=disc_params, disc_opt_state=disc_opt_state)
+        metrics.update(disc_metrics)
     # The norm before clipping: what the optimizer was actually handed.
-    metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), **aux}
+    metrics["grad_norm"] = optax.tree.norm(grads)
     metrics["learning_rate"] = optim.learning_rate_schedule(config.optim)(state.step)
     return new_state, metrics
 
 
-# ---- Latent statistics and export -----------------------------------------------------------
+# ---- Latent statistics, export and reconstructions ---------------------------------------------
 
 
-def latent_statistics(model, params, batches) -> tuple[np.ndarray, np.ndarray]:
-    """Per-channel mean and std of latent means over some batches (videos and images)."""
-    encode = jax.jit(
-        lambda p, x: model.apply({"params": p}, video_to_model_range(x), method=VideoVAE.encode)[0]
-    )
-    channels = [
-        np.asarray(encode(params, b[k])).reshape(-1, model.config.latent_channels)
-        for b in batches
-        for k in ("video", "image")
-    ]
-    stacked = np.concatenate(channels)
+def jitted_codec(model: VideoVAE):
+    """(encode, reconstruct) of uint8 videos, jitted once per run rather than once per save:
+    encode → latent means (B, T, H, W, C); reconstruct → uint8 (B, T_px, H·fs, W·fs, 3)."""
+
+    def encode(params, video):
+        x = video_to_model_range(video)
+        return model.apply({"params": params}, x, method=VideoVAE.encode)[0]
+
+    def reconstruct(params, video):
+        reconstruction = model.apply({"params": params}, video_to_model_range(video))[0]
+        return model_range_to_video(reconstruction)
+
+    return jax.jit(encode), jax.jit(reconstruct)
+
+
+def latent_statistics(encode, params, batches) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel mean and std of latent means over some batches (all clip shapes)."""
+    means = [np.asarray(encode(params, video)) for batch in batches for video in batch.values()]
+    stacked = np.concatenate([m.reshape(-1, m.shape[-1]) for m in means])  # (N, C)
     return stacked.mean(0), np.maximum(stacked.std(0), 1e-6)
 
 
-def export(workdir: Path, model: VideoVAE, state, config, stats_batches) -> Path:
-    shift, scale = latent_statistics(model, state.ema_params, stats_batches)
+def export(workdir: Path, model: VideoVAE, state, config, stats_batches, encode) -> Path:
+    shift, scale = latent_statistics(encode, state.ema_params, stats_batches)
     stored = {
         "kind": "vae",
         "preset": config.preset,
         "vae_config": dataclasses.asdict(model.config),
         "latent_shift": shift.tolist(),
         "latent_scale": scale.tolist(),
-        "trained_on": dict(config.data),
+        "trained_on": json.loads(config.data.to_json_best_effort()),
         "step": int(state.step),
         "code_version": checkpoint.code_version(),
     }
     return checkpoint.export_params(workdir / "export", state.ema_params, stored)
 
 
-def write_reconstructions(path: Path, model, params, batch) -> Path:
-    """Original | reconstruction, side by side, as a GIF."""
-    x = video_to_model_range(batch["video"][:4])
-    reconstruction = model.apply({"params": params}, x)[0]
-    pairs = jnp.concatenate([batch["video"][:4], model_range_to_video(reconstruction)], axis=3)
-    return write_gif(path, np.concatenate(list(np.asarray(pairs)), axis=1), upscale=4)
+def write_reconstructions(path: Path, reconstruct, params, batch: dict, count: int = 4) -> Path:
+    """One GIF: a row per clip shape of up to `count` (original | reconstruction) pairs; shorter
+    clips and images loop to the longest clip's length."""
+    rows = []
+    for video in batch.values():
+        video = video[:count]
+        pairs = np.concatenate([video, np.asarray(reconstruct(params, video))], axis=3)
+        rows.append(np.concatenate(list(pairs), axis=2))  # (T, H, count·2W, 3)
+    frames = max(row.shape[0] for row in rows)
+    width = max(row.shape[2] for row in rows)
+    rows = [
+        np.pad(loop_to_length(row, frames), ((0, 0), (0, 0), (0, width - row.shape[2]), (0, 0)))
+        for row in rows
+    ]
+    upscale = max(1, 128 // max(row.shape[1] for row in rows))
+    return Path(write_gif(path, np.concatenate(rows, axis=1), upscale=upscale))
 
 
-# ---- The loop ---------------------------------------------------------------------------------
-
-
-def make_sources(config):
-    data = config.data
-    videos = ShapesSource(
-        data.num_clips, data.num_frames, data.height, data.width, seed=config.seed, split="all"
-    )
-    images = ShapesSource(
-        data.num_clips, 1, data.height, data.width, seed=config.seed + 1, split="all"
-    )
-    num_images = int(round(config.batch_size * data.image_fraction))
-    return (videos, config.batch_size - num_images), (images, max(1, num_images))
+# ---- The loop ----------------------------------------------------------------------------------
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path):
@@ -113,20 +271,31 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path):
     if config.preset not in VAE_PRESETS:
         raise ValueError(f"unknown VAE preset {config.preset!r}; allowed: {sorted(VAE_PRESETS)}")
     model = VideoVAE(VAE_PRESETS[config.preset])
-    check_video_shape(model.config, config.data.num_frames, config.data.height, config.data.width)
+    discriminator = None
+    if config.loss.gan_start_step is not None:
+        d = config.discriminator
+        discriminator = disc.PatchDiscriminator3D(
+            disc.DiscriminatorConfig(d.base_channels, d.num_downsamples, dtype=d.dtype)
+        )
+    shapes = clip_shapes(config)
+    check_config(config, shapes, model, discriminator)
+    names = tuple(shape.name for shape in shapes)
     mesh = sharding.make_mesh()
     optimizer = optim.make_optimizer(config.optim)
-    (videos, video_batch), (images, image_batch) = make_sources(config)
-    iterators = {
-        "video": batch_iterator(videos, video_batch, config.seed),
-        "image": batch_iterator(images, image_batch, config.seed + 7),
-    }
+    disc_optimizer = optim.make_optimizer(config.discriminator.optim)
+    iterators = make_iterators(config, shapes)
 
     def init_state(rng):
-        init_rng, state_rng = jax.random.split(rng)
-        sample = jnp.zeros((1, config.data.num_frames, config.data.height, config.data.width, 3))
+        init_rng, state_rng, disc_rng = jax.random.split(rng, 3)
+        sample = jnp.zeros((1, shapes[0].frames, shapes[0].height, shapes[0].width, 3))
         params = model.init(init_rng, sample)["params"]
-        return optim.TrainState.create(params, optimizer, state_rng)
+        state = VAETrainState.create(params, optimizer, state_rng)
+        if discriminator is None:
+            return state
+        disc_params = discriminator.init(disc_rng, sample)["params"]
+        return state.replace(
+            disc_params=disc_params, disc_opt_state=disc_optimizer.init(disc_params)
+        )
 
     rng = jax.random.key(config.seed)
     manager = checkpoint.make_manager(workdir, config.keep_checkpoints, config.save_every)
@@ -138,12 +307,26 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path):
             iterator.set_state(data_state[name])
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
+    n_params = sum(x.size for x in jax.tree.leaves(state.params))
+    described = ", ".join(f"{s.name} ×{s.batch_size}" for s in shapes)
+    gan = "off" if discriminator is None else f"on from step {config.loss.gan_start_step}"
+    print(f"VAE {n_params / 1e6:.2f}M params; clips {described}; GAN {gan}; workdir {workdir}")
 
     step_fn = jax.jit(
-        functools.partial(train_step, model=model, optimizer=optimizer, config=config),
+        functools.partial(
+            train_step,
+            model=model,
+            discriminator=discriminator,
+            optimizer=optimizer,
+            disc_optimizer=disc_optimizer,
+            config=config,
+            names=names,
+        ),
         donate_argnums=0,
     )
+    encode, reconstruct = jitted_codec(model)
     writer = MetricWriter(workdir, config.total_steps, start_step, "train-vae")
+    samples_per_step = sum(shape.batch_size for shape in shapes)
     stats_batches = []
     for step in range(start_step, config.total_steps):
         host_batch = {name: next(iterator)["video"] for name, iterator in iterators.items()}
@@ -154,19 +337,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path):
         writer.advance()
         done = step + 1
         if done % config.log_every == 0 or done == config.total_steps:
-            writer.write(done, jax.device_get(metrics), config.batch_size)
+            writer.write(done, jax.device_get(metrics), samples_per_step)
         if done % config.sample_every == 0 or done == config.total_steps:
-            write_reconstructions(
-                workdir / "samples" / f"reconstruction_{done:06d}.gif",
-                model,
-                state.ema_params,
-                host_batch,
-            )
+            path = workdir / "samples" / f"reconstruction_{done:06d}.gif"
+            write_reconstructions(path, reconstruct, state.ema_params, host_batch)
         if done % config.save_every == 0 or done == config.total_steps:
             data_state = {name: it.get_state() for name, it in iterators.items()}
             metadata = checkpoint.training_metadata(config, mesh)
             checkpoint.save_train_state(manager, done, state, data_state, metadata, force=True)
-            export(workdir, model, state, config, stats_batches)
+            export(workdir, model, state, config, stats_batches, encode)
     manager.wait_until_finished()
     writer.close()
     print(f"VAE export written to {workdir / 'export'}")

@@ -1,37 +1,81 @@
-"""VAE training config: `--config=soraj/configs/vae.py:tiny` (CPU) or `:4x8x8-c16`."""
+"""VAE training config: `--config=soraj/configs/vae.py:tiny` (Shapes, CPU), `:small`,
+`:4x8x8-c16`, or real footage through the video-folder source: `:real-4x8x8` / `:real-4x4x4`
+with `--config.data.folder=DIR` (a folder with captions.jsonl, see soraj/data/video_folder.py).
+
+Clip shapes. `data.clip_shapes` is a tuple of (frames, height, width, batch_size), frames = 1
+for images: every step draws one batch of every shape, all in one jitted step (compiled once
+for the whole set of shapes). When it is None (the Shapes configs), the single-shape fields
+give two shapes: (num_frames, height, width) videos and (1, height, width) images, with
+image_fraction of batch_size being images.
+"""
 
 import ml_collections
+from ml_collections import config_dict
 
-# Per preset: the clips it trains on (frames, height, width) and batch size.
-_DATA = {
+# Shapes configs, one video shape + images: the clips per preset (frames, height, width) and
+# the batch size.
+_SHAPES_DATA = {
     "tiny": dict(num_frames=9, height=32, width=32, batch_size=16),
     "small": dict(num_frames=17, height=64, width=64, batch_size=8),
     "4x8x8-c16": dict(num_frames=17, height=256, width=256, batch_size=32),
 }
 
+# Real-footage configs → the CPU-sized preset they train (soraj.models.vae.VAE_PRESETS).
+_REAL_PRESETS = {"real-4x8x8": "cpu-4x8x8-c16", "real-4x4x4": "cpu-4x4x4-c8"}
+
+# Real footage such as the 176×144 iscc-samples demo: (frames, height, width, batch). Every
+# size is a multiple of 8 and every length 1 + 4k, so both presets take them. Short clips at
+# small crops, longer ones at mid size, full native frames (144×176) and larger stills.
+_REAL_CLIP_SHAPES = (
+    (17, 64, 64, 8),
+    (9, 96, 96, 4),
+    (9, 144, 176, 2),
+    (1, 128, 128, 16),
+)
+
 
 def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
-    if arg not in _DATA:
-        raise ValueError(f"unknown VAE config {arg!r}; allowed: {sorted(_DATA)}")
-    data = _DATA[arg]
+    allowed = sorted(_SHAPES_DATA) + sorted(_REAL_PRESETS)
+    if arg not in allowed:
+        raise ValueError(f"unknown VAE config {arg!r}; allowed: {allowed}")
     config = ml_collections.ConfigDict()
     config.seed = 0
-    config.preset = arg  # a key of soraj.models.vae.VAE_PRESETS
+    config.preset = _REAL_PRESETS.get(arg, arg)  # a key of soraj.models.vae.VAE_PRESETS
 
     config.data = ml_collections.ConfigDict()
-    config.data.source = "shapes"
-    config.data.num_clips = 50_000
-    config.data.num_frames = data["num_frames"]
-    config.data.height = data["height"]
-    config.data.width = data["width"]
-    # Images are one-frame videos in the same network: this fraction of each batch is T = 1.
-    config.data.image_fraction = 0.25
-    config.batch_size = data["batch_size"]
+    config.data.source = "shapes"  # "shapes" or "video_folder"
+    config.data.folder = config_dict.placeholder(str)  # the video_folder source's folder
+    config.data.num_clips = 50_000  # Shapes clips, or random windows of the video folder
+    config.data.min_crop_scale = 0.5  # video_folder: smallest random crop, of the largest
+    config.data.clip_shapes = config_dict.placeholder(tuple)
+    config.data.read_threads = 2  # per clip shape
 
     config.loss = ml_collections.ConfigDict()
-    config.loss.l1_weight = 0.1
+    config.loss.pixel_loss = "l1"  # "l1" or "charbonnier" (√(d² + ε²), a smooth L1)
+    config.loss.charbonnier_epsilon = 1e-3
+    config.loss.pixel_weight = 0.1
     config.loss.mse_weight = 1.0
     config.loss.kl_weight = 1e-6
+    # The GAN: hinge loss of a 3D PatchGAN, on from gan_start_step (None: never, and no
+    # discriminator is built). The generator term is scaled by the VQGAN adaptive weight,
+    # ‖∇ reconstruction‖ / ‖∇ adversarial‖ at the decoder's last layer (clipped to
+    # adaptive_weight_max), times gan_weight.
+    config.loss.gan_start_step = config_dict.placeholder(int)
+    config.loss.gan_weight = 0.5
+    config.loss.adaptive_weight_max = 1e4
+
+    config.discriminator = ml_collections.ConfigDict()
+    config.discriminator.base_channels = 64
+    config.discriminator.num_downsamples = 3
+    config.discriminator.dtype = "float32"
+    config.discriminator.optim = ml_collections.ConfigDict()
+    config.discriminator.optim.learning_rate = 1e-4
+    config.discriminator.optim.warmup_steps = 0  # counted from its first update
+    config.discriminator.optim.decay_steps = 0
+    config.discriminator.optim.weight_decay = 0.0
+    config.discriminator.optim.b1 = 0.5  # the usual GAN momentum: a quickly moving target
+    config.discriminator.optim.b2 = 0.9
+    config.discriminator.optim.grad_clip = 1.0
 
     config.optim = ml_collections.ConfigDict()
     config.optim.learning_rate = 1e-3
@@ -48,5 +92,36 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
     config.save_every = 500
     config.sample_every = 1000
     config.keep_checkpoints = 2
-    config.num_stats_batches = 16  # batches used for the latent shift/scale at the end
+    config.num_stats_batches = 16  # steps whose batches give the latent shift/scale at the end
+
+    if arg in _SHAPES_DATA:
+        shapes = _SHAPES_DATA[arg]
+        config.data.num_frames = shapes["num_frames"]
+        config.data.height = shapes["height"]
+        config.data.width = shapes["width"]
+        # Images are one-frame videos in the same network: this fraction of each batch is T = 1.
+        config.data.image_fraction = 0.25
+        config.batch_size = shapes["batch_size"]
+    else:
+        _real_footage(config)
     return config
+
+
+def _real_footage(config: ml_collections.ConfigDict) -> None:
+    """A CPU-sized VAE on real clips and stills, sized for about 8 minutes on one GPU."""
+    config.data.source = "video_folder"  # needs --config.data.folder=DIR
+    config.data.num_clips = 100_000
+    config.data.clip_shapes = _REAL_CLIP_SHAPES
+    config.data.read_threads = 4  # cropping and resizing real frames is the host's work
+    # Real footage has texture everywhere: a robust L1 leads, squared error keeps PSNR honest.
+    config.loss.pixel_loss = "charbonnier"
+    config.loss.pixel_weight = 1.0
+    config.loss.gan_start_step = 2500
+    config.loss.gan_weight = 0.1  # PSNR and SSIM are what is reported: a light GAN
+    config.optim.learning_rate = 5e-4
+    config.optim.warmup_steps = 200
+    config.total_steps = 4000
+    config.optim.decay_steps = config.total_steps - config.optim.warmup_steps
+    config.log_every = 50
+    config.save_every = 500
+    config.sample_every = 500
