@@ -35,6 +35,10 @@ def test_tile_starts_hand_examples():
     assert tile_starts(8, 6, 4) == [0, 2]
     assert tile_starts(8, 8, 2) == [0]
     assert tile_starts(5, 8, 2) == [0]
+    with pytest.raises(ValueError, match="smaller than the tile 4"):
+        tile_starts(10, 4, 4)
+    with pytest.raises(ValueError, match="tile must be ≥ 1"):
+        tile_starts(10, 0, 0)
 
 
 @pytest.mark.parametrize("size, tile, overlap", LAYOUTS)

@@ -22,10 +22,11 @@ from soraj.models.vae import VAEConfig, VideoVAE, check_video_shape, latent_shap
 from soraj.models.vae_chunked import _apply_chunk
 from soraj.models.vae_tiling import decode_tiled, encode_tiled
 
-# Level-sized tensors alive at the peak of a chunk call, measured with XLA:CPU's memory analysis
-# (its 2D-conv-per-tap convs): ≈ 8-9.5 for encoders, ≈ 3.2-4.1 for decoders (their widest tensor,
-# the repeated input of an upsampling conv, lives only briefly). Rounded up: the estimate errs
-# on the safe side.
+# Level-sized tensors alive at the peak of a chunk call, as XLA:CPU's memory analysis implies (its
+# convs are a 2D conv per temporal tap): 8.0-9.1 for encoders, 3.8-4.1 for decoders (their widest
+# tensor, the repeated input of an upsampling conv, lives only briefly), for the float32 presets
+# on frames of 64 px and more. Rounded up, so the estimate errs on the safe side; over all presets
+# and shapes it is 0.80-1.26 × XLA's (experiments/bench/vae_memory_estimate.py).
 ACTIVATION_TENSORS = {"encode": 10.0, "decode": 4.5}
 MIN_TILE_UNITS = 2  # the smallest tile, in latent pixels per side
 STAGES = ("encode", "decode")

@@ -26,8 +26,12 @@ def tile_starts(size: int, tile: int, overlap: int) -> list[int]:
     The tiles are spread evenly with the last one ending at `size`, so every tile is whole and
     no neighbours share more than needed; a tile at least as long as `size` is the only one.
     """
+    if tile < 1 or overlap < 0:
+        raise ValueError(f"tile must be ≥ 1 and overlap ≥ 0, got tile {tile}, overlap {overlap}")
     if tile >= size:
         return [0]
+    if overlap >= tile:
+        raise ValueError(f"overlap must be smaller than the tile {tile}, got {overlap}")
     gaps = -(-(size - tile) // (tile - overlap))  # ceil: the fewest steps of ≤ tile - overlap
     return [(i * (size - tile) + gaps // 2) // gaps for i in range(gaps + 1)]
 
