@@ -49,7 +49,7 @@ def _measure(args) -> dict:
     import numpy as np
 
     from soraj.models.vae import VAE_PRESETS, VideoVAE, latent_shape
-    from soraj.models.vae_chunked import _apply_chunk
+    from soraj.models.vae_chunked import apply_chunk
     from soraj.models.vae_memory_plan import chunk_call_bytes, estimate_peak_bytes
     from soraj.models.vae_tiling import decode_tiled, encode_tiled
 
@@ -82,10 +82,10 @@ def _measure(args) -> dict:
         tiled = encode_tiled if stage == "encode" else decode_tiled
         work = lambda: tiled(model, params, x, chunk, (h, w), 0)  # whole frames, `chunk` at a time
         _, cache = jax.eval_shape(
-            lambda p, x: _apply_chunk(model, f"{stage}_chunk", p, None, x), params, x[:, :1]
+            lambda p, x: apply_chunk(model, f"{stage}_chunk", p, None, x), params, x[:, :1]
         )
         steady = jax.ShapeDtypeStruct((1, min(chunk, x.shape[1] - 1), *x.shape[2:]), x.dtype)
-        compiled = _apply_chunk.lower(model, f"{stage}_chunk", params, cache, steady).compile()
+        compiled = apply_chunk.lower(model, f"{stage}_chunk", params, cache, steady).compile()
         call_frames = steady.shape[1] * (1 if stage == "encode" else ft)
     else:
         chunk = (frames - 1) if stage == "encode" else (lt - 1)  # one call holds the whole clip

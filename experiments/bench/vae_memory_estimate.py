@@ -14,7 +14,7 @@ import jax.numpy as jnp
 
 from soraj.models import vae_memory_plan
 from soraj.models.vae import VAE_PRESETS, VideoVAE
-from soraj.models.vae_chunked import _apply_chunk
+from soraj.models.vae_chunked import apply_chunk
 
 RESULTS = Path(__file__).parent / "results" / "vae_memory_estimate.json"
 # (batch, pixel frames in the chunk, height, width)
@@ -32,9 +32,9 @@ def xla_chunk_call_bytes(config, stage, batch, frames, h, w) -> int:
         shape, n = (lambda t: (batch, t, h // fs, w // fs, config.latent_channels)), frames // ft
     first = jax.ShapeDtypeStruct(shape(1), jnp.float32)
     method = f"{stage}_chunk"
-    _, cache = jax.eval_shape(lambda p, x: _apply_chunk(model, method, p, None, x), params, first)
+    _, cache = jax.eval_shape(lambda p, x: apply_chunk(model, method, p, None, x), params, first)
     x = jax.ShapeDtypeStruct(shape(n), jnp.float32)
-    stats = _apply_chunk.lower(model, method, params, cache, x).compile().memory_analysis()
+    stats = apply_chunk.lower(model, method, params, cache, x).compile().memory_analysis()
     return stats.temp_size_in_bytes + stats.argument_size_in_bytes + stats.output_size_in_bytes
 
 

@@ -20,7 +20,9 @@ from soraj.models.vae import VideoVAE, check_video_shape
 
 
 @functools.partial(jax.jit, static_argnames=("model", "method"))
-def _apply_chunk(model: VideoVAE, method: str, params, cache, x):
+def apply_chunk(model: VideoVAE, method: str, params, cache, x):
+    """One streaming call: method "encode_chunk" or "decode_chunk"; cache None for the first
+    chunk, else the one the previous call returned. Returns (output, cache for the next)."""
     variables = {"params": params, **({"cache": cache} if cache is not None else {})}
     out, updated = model.apply(variables, x, method=getattr(VideoVAE, method), mutable=["cache"])
     return out, updated["cache"]
@@ -28,10 +30,10 @@ def _apply_chunk(model: VideoVAE, method: str, params, cache, x):
 
 def _iter_chunks(model: VideoVAE, method: str, params, x, chunk: int) -> Iterator:
     # x may be a NumPy view (a spatial tile of a host clip): each slice is copied in per chunk.
-    out, cache = _apply_chunk(model, method, params, None, x[:, :1])
+    out, cache = apply_chunk(model, method, params, None, x[:, :1])
     yield out
     for start in range(1, x.shape[1], chunk):
-        out, cache = _apply_chunk(model, method, params, cache, x[:, start : start + chunk])
+        out, cache = apply_chunk(model, method, params, cache, x[:, start : start + chunk])
         yield out
 
 

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from soraj.models.vae import VAEConfig, VideoVAE, check_video_shape, latent_shape
-from soraj.models.vae_chunked import _apply_chunk
+from soraj.models.vae_chunked import apply_chunk
 from soraj.models.vae_tiling import decode_tiled, encode_tiled
 
 # Level-sized tensors alive at the peak of a chunk call, as XLA:CPU's memory analysis implies (its
@@ -65,7 +65,7 @@ def _stage_bytes_per_unit(config: VAEConfig) -> dict:
     out = {}
     for stage, x, name in (("encode", video, "encoder"), ("decode", latents, "decoder")):
         _, cache = jax.eval_shape(
-            lambda p, x, stage=stage: _apply_chunk(model, f"{stage}_chunk", p, None, x), params, x
+            lambda p, x, stage=stage: apply_chunk(model, f"{stage}_chunk", p, None, x), params, x
         )
         out[stage] = (nbytes(params[name]), nbytes(cache))  # cache: one latent pixel, B = 1
     return out
@@ -103,7 +103,8 @@ def chunk_call_bytes(config: VAEConfig, stage: str, batch: int, frames: int, h: 
     pixel_bytes = batch * frames * h * w * 3 * 4
     latent_bytes = units * (-(-frames // ft)) * c * 4
     chunk_io = pixel_bytes + latent_bytes * (2 if stage == "encode" else 1)  # mean and logvar
-    cast_params = params if config.dtype != "float32" else 0  # XLA:CPU convs upcast bf16 to f32
+    # With a bf16 compute dtype, XLA:CPU's analysis holds a temp as large as the f32 params.
+    cast_params = params if config.dtype != "float32" else 0
     return (
         params
         + cast_params
@@ -124,6 +125,8 @@ def estimate_peak_bytes(
 
     chunk: encode pixel frames or decode latent frames per call; tile: (height, width) pixels.
     """
+    if stage not in STAGES:
+        raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
     b, t, h, w = clip_shape
     ft = config.temporal_factor
     lt, lh, lw, c = latent_shape(config, t, h, w)
