@@ -75,46 +75,49 @@ class VAETrainState(optim.TrainState):
 def generator_gradients(
     params, disc_params, videos, rngs, gan_active, *, model, discriminator, loss_config, names
 ):
-    """(VAE grads, reconstructions, metrics). One forward pass; its pullback maps cotangents of
-    the outputs to param gradients, so the adaptive weight's two last-layer gradients cost only
-    the last layer's backward (XLA drops the rest of those two pullbacks)."""
+    """(VAE grads, reconstructions, metrics) from one forward pass. Its pullback maps cotangents
+    of the outputs to param gradients; for the adaptive weight only the decoder's last layer
+    is kept, and XLA drops the rest of those two pullbacks, but only outside lax.cond (inside
+    a branch it ran them whole, measured on CPU), so only the discriminator sits in the cond."""
 
     def reconstruct(p):
         return {n: model.apply({"params": p}, videos[n], sample_rng=rngs[n]) for n in names}
 
     outputs, pullback = jax.vjp(reconstruct, params)
     objective = jax.value_and_grad(vae_losses.reconstruction_objective, has_aux=True)
-    (rec_loss, metrics), rec_cotangent = objective(outputs, videos, names, loss_config)
-    cotangent = rec_cotangent
-    if discriminator is not None:
+    (loss, metrics), rec_cotangent = objective(outputs, videos, names, loss_config)
+    if discriminator is None:
+        (grads,) = pullback(rec_cotangent)
+        return grads, {n: outputs[n][0] for n in names}, {"loss": loss, **metrics}
 
-        def with_gan(_):
-            adversarial = jax.value_and_grad(vae_losses.adversarial_objective)
-            adv_loss, adv_cotangent = adversarial(outputs, disc_params, discriminator, names)
-            weight = vae_losses.adaptive_gan_weight(
-                vae_losses.decoder_last_layer(pullback(rec_cotangent)[0]),
-                vae_losses.decoder_last_layer(pullback(adv_cotangent)[0]),
-                loss_config.adaptive_weight_max,
-            )
-            gan_weight = loss_config.gan_weight * weight
-            combined = jax.tree.map(lambda r, a: r + gan_weight * a, rec_cotangent, adv_cotangent)
-            return combined, {
-                "adversarial": adv_loss,
-                "adaptive_weight": weight,
-                "gan_weight": gan_weight,
-            }
+    def with_gan(_):
+        adversarial = jax.value_and_grad(vae_losses.adversarial_objective)
+        return adversarial(outputs, disc_params, discriminator, names)
 
-        def without_gan(_):
-            zero = jnp.zeros((), jnp.float32)
-            return rec_cotangent, {"adversarial": zero, "adaptive_weight": zero, "gan_weight": zero}
+    def without_gan(_):  # the discriminator is not run at all
+        return jnp.zeros((), jnp.float32), jax.tree.map(jnp.zeros_like, outputs)
 
-        cotangent, gan_metrics = jax.lax.cond(gan_active, with_gan, without_gan, None)
-        metrics.update(gan_metrics, gan_active=gan_active.astype(jnp.float32))
-        metrics["reconstruction"] = rec_loss
-        rec_loss = rec_loss + gan_metrics["gan_weight"] * gan_metrics["adversarial"]
-    (grads,) = pullback(cotangent)
-    reconstructions = {n: outputs[n][0] for n in names}
-    return grads, reconstructions, {"loss": rec_loss, **metrics}
+    adv_loss, adv_cotangent = jax.lax.cond(gan_active, with_gan, without_gan, None)
+    last_layer = lambda cotangent: vae_losses.decoder_last_layer(pullback(cotangent)[0])  # noqa: E731
+    on = gan_active.astype(jnp.float32)
+    weight = on * vae_losses.adaptive_gan_weight(
+        last_layer(rec_cotangent), last_layer(adv_cotangent), loss_config.adaptive_weight_max
+    )
+    gan_weight = loss_config.gan_weight * weight  # 0 before the start step: no GAN term
+    combined = jax.tree.map(lambda r, a: r + gan_weight * a, rec_cotangent, adv_cotangent)
+    (grads,) = pullback(combined)
+    metrics.update(
+        reconstruction=loss,
+        adversarial=adv_loss,
+        adaptive_weight=weight,
+        gan_weight=gan_weight,
+        gan_active=on,
+    )
+    return (
+        grads,
+        {n: outputs[n][0] for n in names},
+        {"loss": loss + gan_weight * adv_loss, **metrics},
+    )
 
 
 def discriminator_update(
@@ -275,7 +278,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path):
     if config.loss.gan_start_step is not None:
         d = config.discriminator
         discriminator = disc.PatchDiscriminator3D(
-            disc.DiscriminatorConfig(d.base_channels, d.num_downsamples, dtype=d.dtype)
+            disc.DiscriminatorConfig(d.base_channels, d.num_downsamples, d.max_multiplier, d.dtype)
         )
     shapes = clip_shapes(config)
     check_config(config, shapes, model, discriminator)

@@ -23,15 +23,21 @@ _SHAPES_DATA = {
 # Real-footage configs → the CPU-sized preset they train (soraj.models.vae.VAE_PRESETS).
 _REAL_PRESETS = {"real-4x8x8": "cpu-4x8x8-c16", "real-4x4x4": "cpu-4x4x4-c8"}
 
-# Real footage such as the 176×144 iscc-samples demo: (frames, height, width, batch). Every
-# size is a multiple of 8 and every length 1 + 4k, so both presets take them. Short clips at
-# small crops, longer ones at mid size, full native frames (144×176) and larger stills.
+# Real footage of about 176×144, such as the iscc-samples demo, whose picture is 176×96
+# inside its letterbox: (frames, height, width, batch). Every size is a multiple of 8 and every
+# length 1 + 4k, so both presets take them. Longer clips at small random crops, shorter ones at
+# the full picture height, whole 96×176 frames, and images; nothing taller than 96, so frames
+# of such footage are never upscaled (random crops shrink, never enlarge, where they can).
 _REAL_CLIP_SHAPES = (
     (17, 64, 64, 8),
     (9, 96, 96, 4),
-    (9, 144, 176, 2),
-    (1, 128, 128, 16),
+    (9, 96, 176, 2),
+    (1, 96, 96, 16),
 )
+
+# About 8 minutes on one H100, compilation included (see experiments/vae_real/GPU.md for the
+# measured steps per second and how to run it there).
+_REAL_TOTAL_STEPS = 2200
 
 
 def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
@@ -64,9 +70,11 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
     config.loss.gan_weight = 0.5
     config.loss.adaptive_weight_max = 1e4
 
+    # Sized for the CPU-sized VAEs: VQGAN's 64 wide, up to ×8, would cost several times the VAE.
     config.discriminator = ml_collections.ConfigDict()
-    config.discriminator.base_channels = 64
+    config.discriminator.base_channels = 32
     config.discriminator.num_downsamples = 3
+    config.discriminator.max_multiplier = 4
     config.discriminator.dtype = "float32"
     config.discriminator.optim = ml_collections.ConfigDict()
     config.discriminator.optim.learning_rate = 1e-4
@@ -108,7 +116,11 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
 
 
 def _real_footage(config: ml_collections.ConfigDict) -> None:
-    """A CPU-sized VAE on real clips and stills, sized for about 8 minutes on one GPU."""
+    """A CPU-sized VAE on real clips and stills, sized for about 8 minutes on one GPU.
+
+    total_steps is a reference: --config.total_steps=N moves the cosine decay's end and the
+    GAN's start (5/8 of the run) with it, unless they are set too.
+    """
     config.data.source = "video_folder"  # needs --config.data.folder=DIR
     config.data.num_clips = 100_000
     config.data.clip_shapes = _REAL_CLIP_SHAPES
@@ -116,12 +128,13 @@ def _real_footage(config: ml_collections.ConfigDict) -> None:
     # Real footage has texture everywhere: a robust L1 leads, squared error keeps PSNR honest.
     config.loss.pixel_loss = "charbonnier"
     config.loss.pixel_weight = 1.0
-    config.loss.gan_start_step = 2500
     config.loss.gan_weight = 0.1  # PSNR and SSIM are what is reported: a light GAN
     config.optim.learning_rate = 5e-4
     config.optim.warmup_steps = 200
-    config.total_steps = 4000
-    config.optim.decay_steps = config.total_steps - config.optim.warmup_steps
+    total_steps = config_dict.FieldReference(_REAL_TOTAL_STEPS)
+    config.total_steps = total_steps
+    config.optim.decay_steps = total_steps - config.optim.warmup_steps
+    config.loss.gan_start_step = total_steps * 5 // 8
     config.log_every = 50
     config.save_every = 500
     config.sample_every = 500

@@ -6,6 +6,10 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+# The VAE's CPU path for 3D convs (a batched 2D conv per temporal tap): XLA:CPU's own 3D
+# convolution made a discriminator step on real-footage batches minutes long.
+from soraj.models.vae import _conv3d_as_frame_convs
+
 # Shape letters: B batch, T frames, H height, W width, F conv features.
 
 ALLOWED_DTYPES = ("float32", "bfloat16", "float16")
@@ -53,8 +57,9 @@ class PatchDiscriminator3D(nn.Module):
 
     Plain (non-causal) 3D convs: the discriminator only judges, so it may look both ways in
     time. Time keeps its length, with zero padding of one frame on each side, so a one-frame
-    image passes through the same weights as a clip. GroupNorm, not BatchNorm: no running
-    statistics, so the train step stays a pure function of its inputs.
+    image passes through the same weights as a clip (their centre temporal tap). GroupNorm,
+    not BatchNorm: no running statistics, so the train step stays a pure function of its
+    inputs.
     """
 
     config: DiscriminatorConfig
@@ -65,17 +70,22 @@ class PatchDiscriminator3D(nn.Module):
         check_frame_size(cfg, *video.shape[2:4])
         dtype = jnp.dtype(cfg.dtype)
 
-        def conv(features, spatial_kernel, stride, name):
+        def conv(x, features, spatial_kernel, stride, name):  # (B, T, H, W, F_in)
             pad = (1, 1) if spatial_kernel == 4 else (spatial_kernel // 2,) * 2
+            # Time is zero-padded here, so the conv itself pads only space (the CPU path
+            # requires that); one frame of zeros on each side keeps T.
+            x = jnp.pad(x, ((0, 0), (1, 1), (0, 0), (0, 0), (0, 0)))  # (B, T+2, H, W, F_in)
+            on_cpu = jax.default_backend() == "cpu"
             return nn.Conv(
                 features,
                 (3, spatial_kernel, spatial_kernel),
                 strides=(1, stride, stride),
-                padding=((1, 1), pad, pad),
+                padding=((0, 0), pad, pad),
                 dtype=dtype,
                 param_dtype=jnp.float32,
+                conv_general_dilated=_conv3d_as_frame_convs if on_cpu else None,
                 name=name,
-            )
+            )(x)  # (B, T, H', W', F)
 
         def norm(x, name):
             # Statistics per sample over (T, H, W) and a group of channels, in float32.
@@ -85,14 +95,14 @@ class PatchDiscriminator3D(nn.Module):
 
         x = video.astype(dtype)
         # Kernel 4, stride 2, padding 1 halves H and W exactly (PatchGAN's downsampling conv).
-        x = nn.leaky_relu(conv(cfg.base_channels, 4, 2, "conv_in")(x), 0.2)  # (B, T, H/2, W/2, F)
+        x = nn.leaky_relu(conv(x, cfg.base_channels, 4, 2, "conv_in"), 0.2)  # (B, T, H/2, W/2, F)
         for level in range(1, cfg.num_downsamples):
             width = cfg.base_channels * min(2**level, cfg.max_multiplier)
-            x = conv(width, 4, 2, f"down_{level}")(x)  # (B, T, H/2^(l+1), W/2^(l+1), F)
+            x = conv(x, width, 4, 2, f"down_{level}")  # (B, T, H/2^(l+1), W/2^(l+1), F)
             x = nn.leaky_relu(norm(x, f"norm_{level}"), 0.2)
         width = cfg.base_channels * min(2**cfg.num_downsamples, cfg.max_multiplier)
-        x = nn.leaky_relu(norm(conv(width, 3, 1, "conv_mid")(x), "norm_mid"), 0.2)
-        return conv(1, 3, 1, "conv_out")(x).astype(jnp.float32)  # (B, T, h, w, 1)
+        x = nn.leaky_relu(norm(conv(x, width, 3, 1, "conv_mid"), "norm_mid"), 0.2)
+        return conv(x, 1, 3, 1, "conv_out").astype(jnp.float32)  # (B, T, h, w, 1)
 
 
 # ---- Hinge losses ------------------------------------------------------------------------
