@@ -11,13 +11,13 @@ import sys
 import time
 from pathlib import Path
 
-import jax
 import numpy as np
 
 from soraj.checkpoint import load_export_config
 from soraj.data.video_folder import center_crop_resize
 from soraj.data.video_io import read_video, write_mp4
 from soraj.eval.metrics import psnr, ssim
+from soraj.eval.peak_memory import PeakMemory
 from soraj.models.latent_codec import LatentCodec, resolve_vae_export, vae_config_from_dict
 from soraj.models.vae import latent_shape
 from soraj.models.vae_memory_plan import plan_decode, plan_encode
@@ -128,14 +128,6 @@ def compression_ratio(video_shape, latent_shape) -> float:
     return float(np.prod(video_shape)) / float(np.prod(latent_shape))
 
 
-def peak_memory_bytes() -> tuple[int, str]:
-    """Peak device memory on an accelerator; the process's peak resident set on CPU."""
-    stats = jax.devices()[0].memory_stats() if jax.default_backend() != "cpu" else None
-    if stats and "peak_bytes_in_use" in stats:
-        return int(stats["peak_bytes_in_use"]), "device peak_bytes_in_use"
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "process peak RSS"
-
-
 # ---- The command ----
 
 
@@ -164,10 +156,10 @@ def reconstruct(args) -> dict:
 
     codec = LatentCodec.load(export)
     start = time.perf_counter()
-    latents = np.asarray(codec.encode_within_budget(clip, args.memory_budget))
-    reconstruction = np.asarray(codec.decode_within_budget(latents, args.memory_budget))[0]
+    with PeakMemory() as peak:
+        latents = np.asarray(codec.encode_within_budget(clip, args.memory_budget))
+        reconstruction = np.asarray(codec.decode_within_budget(latents, args.memory_budget))[0]
     seconds = time.perf_counter() - start
-    peak, peak_kind = peak_memory_bytes()
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -177,8 +169,10 @@ def reconstruct(args) -> dict:
         "psnr": round(psnr(video, reconstruction), 4),
         "ssim": round(ssim(video, reconstruction), 5),
         "compression_ratio": round(compression_ratio(clip.shape, latents.shape), 3),
-        "peak_memory_bytes": peak,
-        "peak_memory_kind": peak_kind,
+        # Above the level before encoding: the loaded weights and decoded frames are not in it.
+        "peak_memory_bytes": peak.bytes,
+        "peak_memory_kind": peak.kind,
+        "process_peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
         "planned_peak_bytes": max(
             encode_plan.estimated_peak_bytes, decode_plan.estimated_peak_bytes
         ),

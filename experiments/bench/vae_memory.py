@@ -24,7 +24,6 @@ import argparse
 import gc
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -37,17 +36,11 @@ STAGES, MODES = ("encode", "decode"), ("chunked", "unchunked")
 # ---- Measuring one configuration (in its own process) ------------------------------------
 
 
-def _rss_bytes(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError(f"{field} missing from /proc/self/status")
-
-
 def _measure(args) -> dict:
     import jax
     import numpy as np
 
+    from soraj.eval.peak_memory import PeakMemory
     from soraj.models.vae import VAE_PRESETS, VideoVAE, latent_shape
     from soraj.models.vae_chunked import apply_chunk
     from soraj.models.vae_memory_plan import chunk_call_bytes, estimate_peak_bytes
@@ -100,26 +93,17 @@ def _measure(args) -> dict:
     )
 
     gpu = jax.default_backend() != "cpu"
-    device = jax.devices()[0]
 
     def measured_call() -> tuple[int, float]:
         """(peak bytes above the level right before the call, seconds) of one call of work."""
         gc.collect()
         time.sleep(0.5)  # the runtime frees the last call's buffers asynchronously
-        if gpu:
-            before = device.memory_stats()["bytes_in_use"]
-        else:
-            Path("/proc/self/clear_refs").write_text("5")  # resets the peak-RSS high-water mark
-            before = _rss_bytes("VmRSS")
         start = time.perf_counter()
-        out = work()
+        with PeakMemory() as peak:  # the device's peak is process-long: calls do the same work
+            out = work()
         seconds = time.perf_counter() - start
-        if gpu:  # the device's peak is process-long: the calls do the same work
-            peak = device.memory_stats()["peak_bytes_in_use"] - before
-        else:
-            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before
         del out
-        return peak, seconds
+        return peak.bytes, seconds
 
     first_peak, _ = measured_call()  # compiles, then runs
     peaks, seconds = zip(*(measured_call() for _ in range(args.repeats)), strict=True)
@@ -132,7 +116,7 @@ def _measure(args) -> dict:
         "estimated_peak_bytes": estimate_peak_bytes(config, stage, (1, frames, h, w), chunk),
         "frames_per_second": frames / min(seconds),  # pixel frames in (encode) or out (decode)
         "chunk": chunk,
-        "device": device.device_kind,
+        "device": jax.devices()[0].device_kind,
         "backend": jax.default_backend(),
     }
 
