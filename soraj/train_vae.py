@@ -121,9 +121,20 @@ def generator_gradients(
 
 
 def discriminator_update(
-    disc_params, disc_opt_state, videos, reconstructions, *, discriminator, disc_optimizer, names
+    disc_params,
+    disc_opt_state,
+    videos,
+    reconstructions,
+    active,
+    *,
+    discriminator,
+    disc_optimizer,
+    names,
 ):
-    """One hinge-loss step of the discriminator on real clips against reconstructions."""
+    """One hinge-loss step of the discriminator on real clips against reconstructions, taken
+    only when `active`. The gradients are computed either way and only the optimizer update
+    sits in lax.cond: inside a cond branch XLA:CPU ran the weight-gradient convolutions far
+    slower (minutes per step on the real-footage batches)."""
 
     def objective(dp):
         losses, real_means, fake_means = [], [], []
@@ -142,9 +153,16 @@ def discriminator_update(
         return jnp.mean(jnp.stack(losses)), aux
 
     (loss, aux), grads = jax.value_and_grad(objective, has_aux=True)(disc_params)
-    updates, disc_opt_state = disc_optimizer.update(grads, disc_opt_state, disc_params)
+
+    def update(_):
+        updates, opt_state = disc_optimizer.update(grads, disc_opt_state, disc_params)
+        return optax.apply_updates(disc_params, updates), opt_state
+
+    keep = lambda _: (disc_params, disc_opt_state)  # noqa: E731
+    disc_params, disc_opt_state = jax.lax.cond(active, update, keep, None)
+    on = active.astype(jnp.float32)  # metrics of a discriminator that did not train read 0
     metrics = {"disc_loss": loss, "disc_grad_norm": optax.tree.norm(grads), **aux}
-    return optax.apply_updates(disc_params, updates), disc_opt_state, metrics
+    return disc_params, disc_opt_state, {k: on * v for k, v in metrics.items()}
 
 
 def train_step(
@@ -160,8 +178,9 @@ def train_step(
     names,
 ):
     """(state, batch, rng) → (state, metrics); pure, jitted once with donation. The GAN switch
-    is a traced comparison of the step with config.loss.gan_start_step inside lax.cond, so
-    switching it on recompiles nothing, and before it the discriminator is not even run."""
+    is a traced comparison of the step with config.loss.gan_start_step (lax.cond and a 0/1
+    factor), so switching it on recompiles nothing. Before it the generator's loss has no GAN
+    term and the discriminator's params and optimizer state stay as they are."""
     rng = jax.random.fold_in(rng, state.step)
     videos = {n: video_to_model_range(batch[n]) for n in names}  # (B, T, H, W, 3) each
     rngs = dict(zip(names, jax.random.split(rng, len(names)), strict=True))
@@ -180,26 +199,16 @@ def train_step(
     )
     new_state = state.apply_gradients(grads, optimizer, config.optim.ema_decay)
     if discriminator is not None:
-
-        def update(_):
-            return discriminator_update(
-                state.disc_params,
-                state.disc_opt_state,
-                videos,
-                reconstructions,
-                discriminator=discriminator,
-                disc_optimizer=disc_optimizer,
-                names=names,
-            )
-
-        def keep(_):
-            zeros = {
-                k: jnp.zeros((), jnp.float32)
-                for k in ("disc_loss", "disc_grad_norm", "disc_real_logits", "disc_fake_logits")
-            }
-            return state.disc_params, state.disc_opt_state, zeros
-
-        disc_params, disc_opt_state, disc_metrics = jax.lax.cond(gan_active, update, keep, None)
+        disc_params, disc_opt_state, disc_metrics = discriminator_update(
+            state.disc_params,
+            state.disc_opt_state,
+            videos,
+            reconstructions,
+            gan_active,
+            discriminator=discriminator,
+            disc_optimizer=disc_optimizer,
+            names=names,
+        )
         new_state = new_state.replace(disc_params=disc_params, disc_opt_state=disc_opt_state)
         metrics.update(disc_metrics)
     # The norm before clipping: what the optimizer was actually handed.

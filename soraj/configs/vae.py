@@ -6,7 +6,11 @@ Clip shapes. `data.clip_shapes` is a tuple of (frames, height, width, batch_size
 for images: every step draws one batch of every shape, all in one jitted step (compiled once
 for the whole set of shapes). When it is None (the Shapes configs), the single-shape fields
 give two shapes: (num_frames, height, width) videos and (1, height, width) images, with
-image_fraction of batch_size being images.
+image_fraction of batch_size being images; when it is set, those fields are not read.
+
+The real-footage configs are sized for one GPU. A CPU smoke run of one needs smaller batches:
+    soraj train-vae --config=soraj/configs/vae.py:real-4x8x8 --config.data.folder=DIR \
+      --workdir=W --config.total_steps=3 --config.data.clip_shapes="((9,64,64,2),(1,96,96,4))"
 """
 
 import ml_collections
@@ -35,8 +39,9 @@ _REAL_CLIP_SHAPES = (
     (1, 96, 96, 16),
 )
 
-# About 8 minutes on one H100, compilation included (see experiments/vae_real/GPU.md for the
-# measured steps per second and how to run it there).
+# About 8 minutes on one H100 with start-up: sized from the steps per second measured in
+# experiments/vae_real/GPU.md (before the GAN, on a larger clip set), which also says how to
+# run it there.
 _REAL_TOTAL_STEPS = 2200
 
 
