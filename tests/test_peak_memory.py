@@ -14,4 +14,5 @@ def test_peak_is_the_blocks_allocation_not_an_earlier_larger_one():
         block = np.ones(100 * MB // 8)  # 100 MB, freed inside the block: only the peak sees it
         del block
     assert peak.kind == "process peak RSS"
-    assert 100 * MB <= peak.bytes < 130 * MB
+    # A few of the block's pages may already be resident (allocator reuse): hence 95, not 100.
+    assert 95 * MB <= peak.bytes < 130 * MB

@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from random_vae_params import random_vae_params
 
 from soraj.models.vae import VAE_PRESETS, VideoVAE
 from soraj.models.vae_memory_plan import (
@@ -115,27 +116,12 @@ def test_bad_clip_shape():
 # ---- Within a budget ---------------------------------------------------------------------
 
 
-def _random_params(model, video, noise):
-    """Params of the right shapes drawn in NumPy (compiling init costs seconds): kernels scaled
-    by fan-in, non-zero biases and norm offsets, so every path carries signal."""
-    shapes = jax.eval_shape(model.init, jax.random.key(0), video)["params"]
-
-    def draw(path, leaf):
-        if leaf.ndim > 1:  # conv and dense kernels, (..., F_in, F_out)
-            return noise.normal(size=leaf.shape) / np.sqrt(np.prod(leaf.shape[:-1]))
-        offset = 1.0 if jax.tree_util.keystr(path).endswith("['scale']") else 0.0
-        return offset + 0.1 * noise.normal(size=leaf.shape)
-
-    drawn = jax.tree_util.tree_map_with_path(draw, shapes)
-    return jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), drawn)
-
-
 @pytest.fixture(scope="module")
 def vae():
     model = VideoVAE(TINY)
     noise = np.random.default_rng(0)
     video = noise.uniform(-1, 1, (1, 9, 16, 32, 3)).astype(np.float32)
-    params = _random_params(model, video[:, :5], noise)
+    params = random_vae_params(model, video[:, :5], noise)
     return model, params, video
 
 
