@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 
 # The VAE's CPU path for 3D convs (a batched 2D conv per temporal tap): XLA:CPU's own 3D
-# convolution made a discriminator step on real-footage batches minutes long.
+# convolution ran this discriminator's forward and backward several times slower.
 from soraj.models.vae import _conv3d_as_frame_convs
 
 # Shape letters: B batch, T frames, H height, W width, F conv features.
