@@ -39,10 +39,9 @@ _REAL_CLIP_SHAPES = (
     (1, 96, 96, 16),
 )
 
-# About 8 minutes on one H100 with start-up: sized from the steps per second measured in
-# experiments/vae_real/GPU.md (before the GAN, on a larger clip set), which also says how to
-# run it there.
-_REAL_TOTAL_STEPS = 2200
+# The shipped real-footage VAEs' run: both configs at once on one H100, about 8 minutes each
+# (experiments/vae_real/NOTES.md; GPU.md says how to run there).
+_REAL_TOTAL_STEPS = 1400
 
 
 def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 
 # The VAE's CPU path for 3D convs (a batched 2D conv per temporal tap): XLA:CPU's own 3D
 # convolution ran this discriminator's forward and backward several times slower.
-from soraj.models.vae import _conv3d_as_frame_convs
+from soraj.models.layers import conv3d_as_frame_convs
 
 # Shape letters: B batch, T frames, H height, W width, F conv features.
 
@@ -83,7 +83,7 @@ class PatchDiscriminator3D(nn.Module):
                 padding=((0, 0), pad, pad),
                 dtype=dtype,
                 param_dtype=jnp.float32,
-                conv_general_dilated=_conv3d_as_frame_convs if on_cpu else None,
+                conv_general_dilated=conv3d_as_frame_convs if on_cpu else None,
                 name=name,
             )(x)  # (B, T, H', W', F)
 

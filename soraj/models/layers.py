@@ -211,3 +211,29 @@ class TimestepEmbedder(nn.Module):
         x = nn.silu(x)
         init = dense_init(("mlp", "embed"), nn.initializers.normal(0.02))
         return nn.Dense(self.width, kernel_init=init, **dense)(x)  # (B, L, D)
+
+
+# ---- Convolution -------------------------------------------------------------------------
+
+
+def conv3d_as_frame_convs(lhs, rhs, window_strides, padding, *, precision=None, **unused):
+    """Channel-last 3D conv (time unpadded) as a sum of one batched 2D conv per temporal tap.
+
+    Same arithmetic as lax's 3D conv, but XLA:CPU runs 2D convs several times faster (the
+    tiny VAE's train step measured 2-4x faster), which is what makes CPU training practical.
+    """
+    (kt, _, _, c_in, _), (st, sh, sw) = rhs.shape, window_strides
+    b, t_padded, h, w, _ = lhs.shape  # (B, T+kt-1, H, W, F_in)
+    t_out = (t_padded - kt) // st + 1
+    out = 0
+    for tap in range(kt):
+        frames = lhs[:, tap : tap + st * (t_out - 1) + 1 : st]  # (B, T', H, W, F_in)
+        out = out + jax.lax.conv_general_dilated(
+            frames.reshape(b * t_out, h, w, c_in),
+            rhs[tap],
+            (sh, sw),
+            padding[1:],
+            dimension_numbers=("NHWC", "HWIO", "NHWC"),
+            precision=precision,
+        )  # (B·T', H', W', F)
+    return out.reshape(b, t_out, *out.shape[1:])  # (B, T', H', W', F)

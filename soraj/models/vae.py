@@ -6,6 +6,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from soraj.models.layers import conv3d_as_frame_convs
+
 # Shape letters: B batch, T frames, H height, W width, F conv features, C latent channels.
 # Pixel-space frames are written T_px (= 1 + ft·k) where the latent frames T (= 1 + k) differ.
 
@@ -186,29 +188,6 @@ class FrameGroupNorm(nn.Module):
         return normed.reshape(b, t, h, w, f).astype(x.dtype)  # (B, T, H, W, F)
 
 
-def _conv3d_as_frame_convs(lhs, rhs, window_strides, padding, *, precision=None, **unused):
-    """Channel-last 3D conv (time unpadded) as a sum of one batched 2D conv per temporal tap.
-
-    Same arithmetic as lax's 3D conv, but XLA:CPU runs 2D convs several times faster (the
-    tiny VAE's train step measured 2-4x faster), which is what makes CPU training practical.
-    """
-    (kt, _, _, c_in, _), (st, sh, sw) = rhs.shape, window_strides
-    b, t_padded, h, w, _ = lhs.shape  # (B, T+kt-1, H, W, F_in)
-    t_out = (t_padded - kt) // st + 1
-    out = 0
-    for tap in range(kt):
-        frames = lhs[:, tap : tap + st * (t_out - 1) + 1 : st]  # (B, T', H, W, F_in)
-        out = out + jax.lax.conv_general_dilated(
-            frames.reshape(b * t_out, h, w, c_in),
-            rhs[tap],
-            (sh, sw),
-            padding[1:],
-            dimension_numbers=("NHWC", "HWIO", "NHWC"),
-            precision=precision,
-        )  # (B·T', H', W', F)
-    return out.reshape(b, t_out, *out.shape[1:])  # (B, T', H', W', F)
-
-
 def _streaming(module: nn.Module) -> bool:
     """Chunked processing (vae_chunked.py) applies with a mutable "cache" collection; init
     makes every collection mutable, so it is excluded and never creates cache entries."""
@@ -250,7 +229,7 @@ class CausalConv3d(nn.Module):
             padding=((0, 0), (kh // 2, kh // 2), (kw // 2, kw // 2)),
             dtype=self.dtype,
             param_dtype=jnp.float32,
-            conv_general_dilated=_conv3d_as_frame_convs if jax.default_backend() == "cpu" else None,
+            conv_general_dilated=conv3d_as_frame_convs if jax.default_backend() == "cpu" else None,
         )
         return conv(x)  # (B, T/st, H/ss, W/ss, F)
 
