@@ -132,7 +132,6 @@ def compression_ratio(video_shape, latent_shape) -> float:
 
 
 def reconstruct(args) -> dict:
-
     export = resolve_vae_export(args.checkpoint)
     config = vae_config_from_dict(load_export_config(export)["vae_config"])
     ft, fs = config.temporal_factor, config.spatial_factor
