@@ -112,7 +112,7 @@ def test_unknown_backend_lists_allowed_values():
     q = np.zeros((1, 2, 1, 4), np.float32)
     seg = np.ones((1, 2), np.int32)
     with pytest.raises(ValueError, match="allowed: xla, cudnn"):
-        attention(q, q, q, q_segment_ids=seg, kv_segment_ids=seg, backend="splash")
+        attention(q, q, q, q_segment_ids=seg, kv_segment_ids=seg, backend="flash")
 
 
 # ---- RoPE ----

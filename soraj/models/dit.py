@@ -41,7 +41,7 @@ class DiTConfig:
     patch_size: tuple[int, int, int] = (1, 2, 2)
     latent_channels: int = 8  # C
     text_width: int = 384  # E (MiniLM)
-    attention_backend: str = "xla"  # "xla" | "cudnn"
+    attention_backend: str = "xla"  # "xla" | "cudnn" | "splash"
     dtype: str = "float32"  # compute dtype; params are always f32
 
     def __post_init__(self):

@@ -1,12 +1,14 @@
 """Transformer blocks: segment-masked attention, 3D RoPE, MLP, norms, timestep embedding."""
 
+import functools
 import math
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax.experimental.pallas.ops.tpu import splash_attention as splash
 
-ATTENTION_BACKENDS = ("xla", "cudnn")
+ATTENTION_BACKENDS = ("xla", "cudnn", "splash")
 
 # Finite, so a query with no valid key gives a uniform (not NaN) softmax that we then zero.
 _MASKED_LOGIT = -1e30
@@ -121,6 +123,86 @@ def _xla_attention(q, k, v, mask):
     return jnp.einsum("bnlm,bmnk->blnk", probs, v)  # (B, L, N, K)
 
 
+# Splash tiles must be multiples of the TPU lane width (128), also in interpret mode.
+_SPLASH_LANES = 128
+_SPLASH_BLOCK_CHOICES = (512, 256, 128)  # largest that divides the padded length wins
+
+
+def _splash_block(padded_length: int) -> int:
+    return next(b for b in _SPLASH_BLOCK_CHOICES if padded_length % b == 0)
+
+
+@functools.cache
+def _splash_kernel(num_heads: int, q_length: int, kv_length: int, interpret: bool):
+    """Splash MHA kernel for padded lengths; segment ids do all the masking (static mask is full).
+
+    Built under ensure_compile_time_eval so its mask-info arrays are concrete constants even
+    when first called inside jit (otherwise they would be tracers leaked into the cache).
+    """
+    block_q, block_kv = _splash_block(q_length), _splash_block(kv_length)
+    block_sizes = splash.BlockSizes(
+        block_q=block_q,
+        block_kv=block_kv,
+        block_kv_compute=block_kv,
+        block_q_dkv=block_q,
+        block_kv_dkv=block_kv,
+        block_kv_dkv_compute=block_kv,
+        block_q_dq=block_q,
+        block_kv_dq=block_kv,
+    )
+    mask = splash.MultiHeadMask([splash.FullMask((q_length, kv_length))] * num_heads)
+    with jax.ensure_compile_time_eval():
+        return splash.make_splash_mha(
+            mask, block_sizes=block_sizes, head_shards=1, q_seq_shards=1, interpret=interpret
+        )
+
+
+def _pad_to_lanes(x: jnp.ndarray, axis: int, fill) -> jnp.ndarray:
+    pad = -x.shape[axis] % _SPLASH_LANES
+    widths = [(0, 0)] * x.ndim
+    widths[axis] = (0, pad)
+    return jnp.pad(x, widths, constant_values=fill)
+
+
+def _queries_with_a_key(q_ids: jnp.ndarray, kv_ids: jnp.ndarray) -> jnp.ndarray:
+    """bool (B, L): some key shares the query's id, found by binary search, never a (L, M) mask."""
+    kv_sorted = jnp.sort(kv_ids, axis=-1)  # (B, M)
+    index = jax.vmap(jnp.searchsorted)(kv_sorted, q_ids)  # (B, L)
+    index = jnp.minimum(index, kv_ids.shape[-1] - 1)
+    return jnp.take_along_axis(kv_sorted, index, axis=-1) == q_ids  # (B, L)
+
+
+def _splash_attention(q, k, v, q_segment_ids, kv_segment_ids, kv_mask):
+    """Pallas splash attention; interpreted (slow, exact) when not running on a TPU.
+
+    Inside shard_map the kernel needs check_vma=False.
+    """
+    _, q_length, num_heads, head_dim = q.shape  # (B, L, N, K)
+    # One id below every real segment marks padding queries, padding keys, masked keys and the
+    # lane padding added here: they see only each other, never a real token.
+    pad_id = jnp.minimum(q_segment_ids.min(), kv_segment_ids.min()) - 1
+    q_ids = jnp.where(q_segment_ids != 0, q_segment_ids, pad_id)  # (B, L)
+    kv_valid = kv_segment_ids != 0
+    if kv_mask is not None:
+        kv_valid &= kv_mask.astype(bool)
+    kv_ids = jnp.where(kv_valid, kv_segment_ids, pad_id)  # (B, M)
+    has_key = (q_segment_ids != 0) & _queries_with_a_key(q_ids, kv_ids)  # (B, L)
+
+    # Splash does not scale q, and wants heads first: (B, N, L, K).
+    q = jnp.swapaxes(q * (1.0 / math.sqrt(head_dim)), 1, 2).astype(q.dtype)
+    k, v = jnp.swapaxes(k, 1, 2), jnp.swapaxes(v, 1, 2)  # (B, N, M, K)
+    q, k, v = _pad_to_lanes(q, 2, 0), _pad_to_lanes(k, 2, 0), _pad_to_lanes(v, 2, 0)
+    q_ids = _pad_to_lanes(q_ids.astype(jnp.int32), 1, pad_id)  # (B, L')
+    kv_ids = _pad_to_lanes(kv_ids.astype(jnp.int32), 1, pad_id)  # (B, M')
+
+    kernel = _splash_kernel(
+        num_heads, q.shape[2], k.shape[2], interpret=jax.default_backend() != "tpu"
+    )
+    out = jax.vmap(kernel)(q, k, v, segment_ids=splash.SegmentIds(q=q_ids, kv=kv_ids))
+    out = jnp.swapaxes(out[:, :, :q_length], 1, 2)  # (B, L, N, K)
+    return jnp.where(has_key[:, :, None, None], out, 0).astype(out.dtype)
+
+
 def attention(
     q: jnp.ndarray,
     k: jnp.ndarray,
@@ -135,8 +217,9 @@ def attention(
 
     A query attends only to keys of its own segment (and with kv_mask True); padding queries
     (segment 0) and queries with no valid key output exactly 0.
-    Backends: "xla" (dense reference) or "cudnn" (jax.nn.dot_product_attention, which picks
-    cuDNN flash attention where it can and XLA otherwise).
+    Backends: "xla" (dense reference), "cudnn" (jax.nn.dot_product_attention, which picks
+    cuDNN flash attention where it can and XLA otherwise) or "splash" (the Pallas TPU kernel,
+    block-diagonal by segment ids without an (L, M) mask; interpreted off TPU).
     """
     if backend not in ATTENTION_BACKENDS:
         raise ValueError(
@@ -146,6 +229,8 @@ def attention(
         raise ValueError(
             f"q must be (B, L, N, K) and k, v (B, M, N, K); got {q.shape}, {k.shape}, {v.shape}"
         )
+    if backend == "splash":
+        return _splash_attention(q, k, v, q_segment_ids, kv_segment_ids, kv_mask).astype(q.dtype)
     mask = segment_mask(q_segment_ids, kv_segment_ids, kv_mask)  # (B, L, M)
     if backend == "xla":
         out = _xla_attention(q, k, v, mask)
