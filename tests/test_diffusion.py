@@ -57,8 +57,31 @@ def test_shift_timesteps_closed_form_identity_and_monotone():
 def test_resolution_shift_is_linear_between_anchors():
     shifts = resolution_shift(jnp.array([256, 2176, 4096, 8192]))
     np.testing.assert_allclose(shifts, [1.0, 2.0, 3.0, 1.0 + 2.0 * 7936 / 3840], rtol=1e-6)
-    with pytest.raises(ValueError, match="differ"):
+    with pytest.raises(ValueError, match="max_tokens must be greater"):
         resolution_shift(10, base_tokens=64, max_tokens=64)
+    with pytest.raises(ValueError, match="max_shift must be >= base_shift"):
+        resolution_shift(10, base_shift=3.0, max_shift=1.0)
+    with pytest.raises(ValueError, match="1-token"):  # 1 - 2·(64 - 1)/(96 - 64) < 0
+        resolution_shift(10, base_tokens=64, max_tokens=96, base_shift=1.0, max_shift=3.0)
+
+
+def test_resolution_shift_and_segment_t_are_monotone_in_token_count():
+    counts = jnp.arange(1, 10_001)
+    assert np.all(np.diff(np.asarray(resolution_shift(counts))) > 0)
+    # Segments of 1, 2, 4, 8 and 16 tokens with the same pre-shift draw (std = 0 gives
+    # u = sigmoid(0.3) to all): a bigger segment must get a strictly larger t.
+    sizes = (1, 2, 4, 8, 16)
+    segment_ids = jnp.asarray([sum(([s] * n for s, n in enumerate(sizes, 1)), [])])
+    anchors = dict(base_tokens=4, base_shift=1.0, max_tokens=12, max_shift=3.0)
+    t = per_segment_timesteps(
+        jax.random.PRNGKey(0), segment_ids, 5, mean=0.3, std=0.0, shift_by_tokens=True, **anchors
+    )
+    t_by_size = [float(np.unique(np.asarray(t)[segment_ids == s])[0]) for s in range(1, 6)]
+    assert np.all(np.diff(t_by_size) > 0)
+    # Hand-computed closed form for the 8-token segment: shift 1 + (8 - 4)·2/8 = 2, so
+    # t = 2u / (1 + u) with u = sigmoid(0.3).
+    u = _sigmoid(0.3)
+    np.testing.assert_allclose(t_by_size[3], 2 * u / (1 + u), rtol=1e-6)
 
 
 def test_sampling_schedule_endpoints_and_shift():

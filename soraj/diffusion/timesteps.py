@@ -38,19 +38,46 @@ def logit_normal(rng, shape, mean=0.0, std=1.0):
 
 def shift_timesteps(t, shift):
     """Maps t -> shift·t / (1 + (shift - 1)·t). shift > 1 pushes t towards noise, which
-    larger inputs need: more tokens keep more signal at the same t."""
+    larger inputs need: more tokens keep more signal at the same t.
+
+    This is the time shift of SD3 (Esser et al. 2024, "Scaling Rectified Flow
+    Transformers", §5.3.2), written for this project's convention t = 1 is noise; Open-Sora
+    and Flux use the same map (Flux's exp(mu) is this `shift`)."""
     _check_positive("shift", shift)
     t = jnp.asarray(t, jnp.float32)
     return shift * t / (1.0 + (shift - 1.0) * t)
 
 
 def resolution_shift(num_tokens, base_tokens=256, base_shift=1.0, max_tokens=4096, max_shift=3.0):
-    """Shift linear in the token count through (base_tokens, base_shift) and
-    (max_tokens, max_shift), extrapolated beyond them, as SD3/Flux do. Works on arrays."""
-    if base_tokens == max_tokens:
-        raise ValueError(f"base_tokens and max_tokens must differ, both are {base_tokens!r}.")
+    """shift(n) = base_shift + (n - base_tokens)·(max_shift - base_shift) / (max_tokens -
+    base_tokens): linear in the token count n through the two anchors, extrapolated beyond.
+
+    Flux interpolates its log-shift mu between the same kind of anchors (256 and 4096
+    tokens); SD3's paper derives shift = sqrt(n / base_tokens) from matching noise levels
+    across resolutions. The line is used here because it stays finite and near 1 for the
+    few-token samples of tiny runs. The anchors must make it non-decreasing in n (more
+    tokens, noisier t) and > 0 from one token up. Works on arrays.
+    """
+    if not max_tokens > base_tokens:
+        raise ValueError(
+            f"max_tokens must be greater than base_tokens, got {max_tokens!r} <= {base_tokens!r}."
+        )
     _check_positive("base_shift", base_shift)
     _check_positive("max_shift", max_shift)
+    if isinstance(base_shift, numbers.Real) and isinstance(max_shift, numbers.Real):
+        if max_shift < base_shift:
+            raise ValueError(
+                f"max_shift must be >= base_shift so bigger samples get noisier t, "
+                f"got {max_shift!r} < {base_shift!r}."
+            )
+        one_token_shift = base_shift - (max_shift - base_shift) * (base_tokens - 1) / (
+            max_tokens - base_tokens
+        )
+        if not one_token_shift > 0:
+            raise ValueError(
+                f"these anchors give a shift of {one_token_shift:.3g} <= 0 for a 1-token "
+                f"sample; raise base_shift or max_tokens, or lower max_shift."
+            )
     slope = (max_shift - base_shift) / (max_tokens - base_tokens)
     num_tokens = jnp.asarray(num_tokens, jnp.float32)
     return base_shift + slope * (num_tokens - base_tokens)
@@ -94,10 +121,12 @@ def per_segment_timesteps(
 
     t_segment = logit_normal(rng, (batch, max_segments), mean, std)  # (B, S)
     if shift_by_tokens:
-        tokens_per_segment = in_segment.sum(axis=1)  # (B, S)
+        # Absent segments (0 tokens) are counted as 1, where the anchors are checked to
+        # give a positive shift, so their unused t stays finite.
+        tokens_per_segment = jnp.maximum(in_segment.sum(axis=1), 1)  # (B, S)
         segment_shift = resolution_shift(
             tokens_per_segment, base_tokens, base_shift, max_tokens, max_shift
-        )
+        )  # (B, S)
         t_segment = shift_timesteps(t_segment, segment_shift)  # (B, S)
     else:
         t_segment = shift_timesteps(t_segment, shift)  # (B, S)
