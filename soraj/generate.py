@@ -14,6 +14,8 @@ import numpy as np
 from soraj import checkpoint
 from soraj.data.video_io import write_gif, write_mp4
 from soraj.diffusion.sampling import cfg_velocity_batched, euler_sample
+from soraj.diffusion.timesteps import check_static_count
+from soraj.generate_packed import check_rows, sample_many_tokens
 from soraj.models import patching
 from soraj.models.conditioning import TextConfig, init_text_params, segment_inputs, text_states
 from soraj.models.dit import DiT, DiTConfig
@@ -155,6 +157,69 @@ class Generator:
         )
         latents = jax.vmap(unpatch)(tokens)  # (B, T', H', W', C)
         return np.asarray(jax.jit(self.codec.decode)(self.codec.params, latents))
+
+    def generate_many(
+        self,
+        prompts,
+        shapes,
+        seeds=None,
+        steps=30,
+        guidance=4.0,
+        row_length=None,
+        max_segments=None,
+    ):
+        """uint8 videos (frames, height, width, 3), one per prompt, each at its own shape
+        (frames, height, width), all solved in one packed call. Request i equals
+        `self([prompts[i]], *shapes[i], seeds[i], steps, guidance)[0]`. Rows hold row_length
+        tokens (default: the largest request's) and at most max_segments requests (default:
+        all of them); seeds default to 0, 1, 2, ..."""
+        seeds = list(range(len(prompts))) if seeds is None else list(seeds)
+        check_static_count("steps", steps)
+        if not len(prompts) == len(shapes) == len(seeds) >= 1:
+            raise ValueError(
+                f"got {len(prompts)} prompts, {len(shapes)} shapes and {len(seeds)} seeds; "
+                "pass at least one prompt and one (frames, height, width) and seed per prompt"
+            )
+        vae = self.codec.config
+        geometry = BundleGeometry(
+            vae.temporal_factor, vae.spatial_factor, tuple(self.dit.config.patch_size)
+        )
+        latents, grids = [], []
+        for i, shape in enumerate(shapes):
+            if len(shape) != 3:
+                raise ValueError(f"shape {i} must be (frames, height, width), got {shape}")
+            try:
+                geometry.check(*shape)
+            except ValueError as error:
+                raise ValueError(f"shape {i} {tuple(shape)}: {error}") from None
+            latents.append(self.codec.latent_shape(*shape))  # (T', H', W', C)
+            grids.append(patching.grid_shape(latents[-1][:3], self.dit.config.patch_size))
+        row_length = row_length or max(int(np.prod(g)) for g in grids)
+        max_segments = max_segments or len(prompts)
+        check_rows(grids, row_length, max_segments)
+        text, text_mask = segment_inputs(self.text_encoder, prompts)  # (R, 1, M, ...)
+        null_text, null_mask = segment_inputs(self.text_encoder, [""])
+        tokens = sample_many_tokens(
+            self.dit,
+            self.params,
+            self.text_config,
+            text[:, 0],
+            text_mask[:, 0],
+            null_text[0, 0],
+            null_mask[0, 0],
+            grids,
+            seeds,
+            steps=steps,
+            guidance=guidance,
+            row_length=row_length,
+            max_segments=max_segments,
+        )
+        decode = jax.jit(self.codec.decode)
+        videos = []
+        for tokens_i, grid, latent in zip(tokens, grids, latents, strict=True):
+            z = patching.unpatchify(tokens_i, grid, self.dit.config.patch_size, latent[3])
+            videos.append(np.asarray(decode(self.codec.params, z[None]))[0])
+        return videos
 
 
 def init_params(dit: DiT, text_config: TextConfig, rng) -> dict:
