@@ -128,3 +128,50 @@ def test_bad_shapes_are_refused_before_any_work(shapes, kwargs, message):
 def test_mismatched_counts_are_refused():
     with pytest.raises(ValueError, match="2 prompts, 1 shapes and 2 seeds"):
         _generator().generate_many(["a", "b"], [(9, 32, 32)])
+
+
+# ---- Through the Generator ----
+
+
+@dataclasses.dataclass
+class _LatentsOut:
+    """A codec with the tiny VAE's geometry whose decode returns the latents themselves, so the
+    Generator's outputs can be compared token for token without training or running a VAE."""
+
+    config = VAE_PRESETS["tiny"]
+    params = None
+
+    def latent_shape(self, frames, height, width):
+        return LatentCodec.latent_shape(self, frames, height, width)
+
+    def decode(self, params, latents):
+        return latents
+
+
+class _TableEncoder:
+    """Host text encoder mapping each prompt to fixed states: "" to the null text."""
+
+    def __init__(self, prompts):
+        text, text_mask, null_text, null_mask = _texts()
+        self.table = {p: (text[i], text_mask[i]) for i, p in enumerate(prompts)}
+        self.table[""] = (null_text, null_mask)
+
+    def encode(self, prompts):
+        text, mask = zip(*(self.table[p] for p in prompts), strict=True)
+        return np.stack(text), np.stack(mask)
+
+
+def test_generate_many_equals_one_call_per_prompt():
+    prompts = ["wide", "tall", "longer", "square"]
+    # The tiny VAE (factors 4 in time and space) maps these to LATENT_SHAPES.
+    shapes = [(1, 8, 32), (5, 32, 8), (9, 16, 16), (1, 16, 16)]
+    generator = Generator(
+        _LatentsOut(), DiT(CONFIG), _random_params(), TEXT_CONFIG, _TableEncoder(prompts)
+    )
+    videos = generator.generate_many(
+        prompts, shapes, SEEDS, steps=STEPS, guidance=GUIDANCE, row_length=L, max_segments=S
+    )
+    for i, prompt in enumerate(prompts):
+        alone = generator([prompt], *shapes[i], seed=SEEDS[i], steps=STEPS, guidance=GUIDANCE)[0]
+        assert videos[i].shape == alone.shape == (*LATENT_SHAPES[i], CONFIG.latent_channels)
+        np.testing.assert_allclose(videos[i], alone, rtol=0, atol=1e-5)
