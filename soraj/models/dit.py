@@ -3,7 +3,9 @@
 import dataclasses
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
+import numpy as np
 
 from soraj.models.layers import (
     ATTENTION_BACKENDS,
@@ -20,13 +22,15 @@ from soraj.models.layers import (
 
 # Logical axis names on kernels (mapped to mesh axes only in soraj/sharding.py):
 #   "embed" model width D, "mlp" hidden width, "heads" N, "kv" head dim K, "patch" P,
-#   "text_embed" E, "modulation" the 6D / 2D adaLN outputs, "freq" the timestep sinusoid.
+#   "text_embed" E, "modulation" the 6D / 2D adaLN outputs, "freq" the timestep sinusoid,
+#   "classes" the rows of the class-label table.
 #
 # Params: `model.init` returns kernels boxed in `nn.Partitioned`. The trainer keeps
 # `nn.get_partition_spec(variables)` for sharding and trains on `nn.unbox(variables)`;
 # `apply` works with either, and checkpoints should hold the unboxed arrays.
 
 DTYPES = ("float32", "bfloat16", "float16")
+CONDITIONINGS = ("text", "class")
 
 
 #################### Config and presets ####################
@@ -43,8 +47,18 @@ class DiTConfig:
     text_width: int = 384  # E (MiniLM)
     attention_backend: str = "xla"  # "xla" | "cudnn" | "splash"
     dtype: str = "float32"  # compute dtype; params are always f32
+    # "text": captions enter by cross-attention and pooled into adaLN. "class": a label per
+    # segment enters adaLN only (no cross-attention); row `num_classes` is the null label.
+    conditioning: str = "text"
+    num_classes: int = 0
 
     def __post_init__(self):
+        if self.conditioning not in CONDITIONINGS:
+            raise ValueError(
+                f"conditioning={self.conditioning!r}; allowed: {', '.join(CONDITIONINGS)}"
+            )
+        if self.conditioning == "class" and self.num_classes < 1:
+            raise ValueError(f"conditioning='class' needs num_classes >= 1, got {self.num_classes}")
         if self.width % self.num_heads:
             raise ValueError(f"width={self.width} must be divisible by num_heads={self.num_heads}")
         if self.attention_backend not in ATTENTION_BACKENDS:
@@ -67,12 +81,23 @@ class DiTConfig:
         return pt * ph * pw * self.latent_channels
 
 
+# The DiT paper's sizes (width, depth, heads); each comes with spatial patches 2, 4 and 8
+# and temporal patch 1, named like "XL/2". Conditioning is chosen with dataclasses.replace.
+DIT_SIZES = {
+    "S": (384, 12, 6),
+    "B": (768, 12, 12),
+    "L": (1024, 24, 16),
+    "XL": (1152, 28, 16),
+}
 DIT_PRESETS = {
     "tiny": DiTConfig(width=192, depth=6, num_heads=3),  # CPU: 48 tokens per 9×32×32 clip
-    "S/2": DiTConfig(width=384, depth=12, num_heads=6),
-    "B/2": DiTConfig(width=768, depth=12, num_heads=12),
-    "L/2": DiTConfig(width=1024, depth=24, num_heads=16),
-    "XL/2": DiTConfig(width=1152, depth=28, num_heads=16),
+    **{
+        f"{size}/{patch}": DiTConfig(
+            width=width, depth=depth, num_heads=heads, patch_size=(1, patch, patch)
+        )
+        for size, (width, depth, heads) in DIT_SIZES.items()
+        for patch in (2, 4, 8)
+    },
 }
 
 
@@ -143,7 +168,10 @@ class MultiHeadAttention(nn.Module):
 
 
 class DiTBlock(nn.Module):
-    """adaLN-Zero self-attention and MLP, with an ungated cross-attention to text between."""
+    """adaLN-Zero self-attention and MLP, with an ungated cross-attention to text between.
+
+    In class mode there is no text, so no cross-attention: the label reaches the block via c.
+    """
 
     config: DiTConfig
 
@@ -165,11 +193,12 @@ class DiTBlock(nn.Module):
         )
         x = x + gate_sa * h  # (B, L, D)
 
-        # Token of segment s sees only text[b, s-1]: the flattened text carries segment ids.
-        h = MultiHeadAttention(**attn, dtype=dtype, zero_out=True, name="cross_attn")(
-            layer_norm(x), text_states, segment_ids, text_segment_ids, kv_mask=text_mask
-        )
-        x = x + h  # (B, L, D)
+        if cfg.conditioning == "text":
+            # Token of segment s sees only text[b, s-1]: the flattened text carries segment ids.
+            h = MultiHeadAttention(**attn, dtype=dtype, zero_out=True, name="cross_attn")(
+                layer_norm(x), text_states, segment_ids, text_segment_ids, kv_mask=text_mask
+            )
+            x = x + h  # (B, L, D)
 
         h = modulate(layer_norm(x), shift_mlp, scale_mlp)
         h = Mlp(int(D * cfg.mlp_ratio), D, dtype=dtype, name="mlp")(h)
@@ -203,41 +232,68 @@ class DiT(nn.Module):
     """Predicts the velocity v for every token of packed rows (DESIGN.md §4).
 
     Attention never crosses segments and padding tokens (segment 0) never reach real ones, so
-    a sample's output does not depend on what else is packed in its row.
+    a sample's output does not depend on what else is packed in its row. Text mode takes
+    `text, text_mask`; class mode takes `labels` i32 (B, S) in [0, num_classes] instead.
     """
 
     config: DiTConfig
 
-    def _check_shapes(self, x_t, t, coords, segment_ids, text, text_mask):
+    def _check_inputs(self, x_t, t, coords, segment_ids, text, text_mask, labels):
         cfg = self.config
+        if x_t.ndim != 3:
+            raise ValueError(f"x_t must be (B, L, P), got {x_t.shape}")
         B, L = x_t.shape[:2]
         expected = {
             "x_t": (x_t.shape, (B, L, cfg.patch_features)),
             "t": (t.shape, (B, L)),
             "coords": (coords.shape, (B, L, 3)),
             "segment_ids": (segment_ids.shape, (B, L)),
-            "text": (text.shape, (B, *text.shape[1:3], cfg.text_width)),
-            "text_mask": (text_mask.shape, text.shape[:3]),
         }
-        if x_t.ndim != 3 or text.ndim != 4:
-            raise ValueError(
-                f"x_t must be (B, L, P) and text (B, S, M, E); got {x_t.shape} and {text.shape}"
-            )
+        if cfg.conditioning == "text":
+            if text is None or text_mask is None or labels is not None:
+                raise ValueError("conditioning='text' takes text and text_mask, not labels")
+            if text.ndim != 4:
+                raise ValueError(f"text must be (B, S, M, E), got {text.shape}")
+            expected["text"] = (text.shape, (B, *text.shape[1:3], cfg.text_width))
+            expected["text_mask"] = (text_mask.shape, text.shape[:3])
+        else:
+            if labels is None or text is not None or text_mask is not None:
+                raise ValueError("conditioning='class' takes labels (B, S), not text or text_mask")
+            if labels.ndim != 2:
+                raise ValueError(f"labels must be (B, S), got {labels.shape}")
+            expected["labels"] = (labels.shape, (B, labels.shape[1]))
         for name, (got, want) in expected.items():
             if tuple(got) != tuple(want):
                 raise ValueError(
                     f"{name} has shape {tuple(got)}, expected {tuple(want)} "
                     f"(P={cfg.patch_features}, E={cfg.text_width})"
                 )
+        if labels is not None:
+            self._check_labels(labels)
+
+    def _check_labels(self, labels):
+        num_classes = self.config.num_classes
+        if not jnp.issubdtype(labels.dtype, jnp.integer):
+            raise ValueError(f"labels must be integers, got {labels.dtype}")
+        # Only concrete labels can be checked; under jit an out-of-range index would clamp.
+        if isinstance(labels, jax.core.Tracer):
+            return
+        values = np.asarray(labels)
+        if values.size and (values.min() < 0 or values.max() > num_classes):
+            raise ValueError(
+                f"labels must lie in [0, {num_classes}] ({num_classes} is the null label), "
+                f"got min {values.min()} and max {values.max()}"
+            )
 
     @nn.compact
-    def __call__(self, x_t, t, coords, segment_ids, text, text_mask):
+    def __call__(self, x_t, t, coords, segment_ids, text=None, text_mask=None, labels=None):
         # x_t (B, L, P), t (B, L), coords i32 (B, L, 3), segment_ids i32 (B, L),
-        # text (B, S, M, E), text_mask bool (B, S, M) -> v f32 (B, L, P)
-        self._check_shapes(x_t, t, coords, segment_ids, text, text_mask)
+        # text (B, S, M, E), text_mask bool (B, S, M) | labels i32 (B, S) -> v f32 (B, L, P)
+        self._check_inputs(x_t, t, coords, segment_ids, text, text_mask, labels)
         cfg = self.config
         dtype = jnp.dtype(cfg.dtype)
-        B, S, M = text_mask.shape
+        B, L = segment_ids.shape
+        S = labels.shape[1] if text is None else text.shape[1]
         D = cfg.width
 
         # ---- Sanitise padding ----
@@ -247,8 +303,6 @@ class DiT(nn.Module):
         x_t = jnp.where(is_real[..., None], x_t, 0)
         t = jnp.where(is_real, t, 0)
         coords = jnp.where(is_real[..., None], coords, 0)
-        text_mask = text_mask.astype(bool)
-        text = jnp.where(text_mask[..., None], text, 0)
 
         # ---- Embeddings ----
         # The residual stream stays f32; each Dense casts to the compute dtype on entry.
@@ -256,26 +310,45 @@ class DiT(nn.Module):
         x = x.astype(jnp.float32)  # (B, L, D)
         c = TimestepEmbedder(D, dtype=dtype, name="t_embedder")(t)  # (B, L, D)
 
-        text_states = _dense(D, ("text_embed", "embed"), dtype, name="text_proj")(
-            layer_norm(text)
-        )  # (B, S, M, D)
+        text_states = text_segment_ids = None
+        if cfg.conditioning == "text":
+            text_mask = text_mask.astype(bool)
+            text = jnp.where(text_mask[..., None], text, 0)
+            text_states = _dense(D, ("text_embed", "embed"), dtype, name="text_proj")(
+                layer_norm(text)
+            )  # (B, S, M, D)
 
-        # ---- Pooled text into adaLN ----
-        # Per segment, so each token is conditioned on its own caption only.
-        weights = text_mask[..., None].astype(jnp.float32)  # (B, S, M, 1)
-        count = jnp.maximum(weights.sum(axis=2), 1.0)  # (B, S, 1)
-        pooled = (text_states.astype(jnp.float32) * weights).sum(axis=2) / count  # (B, S, D)
-        pooled = _dense(D, ("embed", "mlp"), dtype, name="text_pool_proj")(pooled)  # (B, S, D)
+            # ---- Pooled text into adaLN ----
+            weights = text_mask[..., None].astype(jnp.float32)  # (B, S, M, 1)
+            count = jnp.maximum(weights.sum(axis=2), 1.0)  # (B, S, 1)
+            pooled = (text_states.astype(jnp.float32) * weights).sum(axis=2) / count  # (B, S, D)
+            segment_cond = _dense(D, ("embed", "mlp"), dtype, name="text_pool_proj")(pooled)
+        else:
+            # ---- Class label into adaLN ----
+            table = nn.Embed(
+                cfg.num_classes + 1,  # the last row is the null label for guidance
+                D,
+                param_dtype=jnp.float32,
+                embedding_init=dense_init(("classes", "embed"), nn.initializers.normal(0.02)),
+                name="label_embedder",
+            )
+            segment_cond = table(labels)  # (B, S, D)
+
+        # Per segment, so each token is conditioned on its own caption or label only.
         segment_index = jnp.clip(segment_ids - 1, 0, S - 1)  # (B, L)
-        token_text = jnp.take_along_axis(pooled, segment_index[..., None], axis=1)  # (B, L, D)
-        c = c.astype(jnp.float32) + jnp.where(is_real[..., None], token_text, 0)  # (B, L, D)
+        token_cond = jnp.take_along_axis(
+            segment_cond.astype(jnp.float32), segment_index[..., None], axis=1
+        )  # (B, L, D)
+        c = c.astype(jnp.float32) + jnp.where(is_real[..., None], token_cond, 0)  # (B, L, D)
 
         # ---- Text as keys for cross-attention ----
-        text_states = text_states.reshape(B, S * M, D)  # (B, S·M, D)
-        text_segment_ids = jnp.broadcast_to(
-            jnp.repeat(jnp.arange(1, S + 1, dtype=jnp.int32), M), (B, S * M)
-        )  # (B, S·M)
-        text_mask = text_mask.reshape(B, S * M)  # (B, S·M)
+        if cfg.conditioning == "text":
+            M = text_mask.shape[2]
+            text_states = text_states.reshape(B, S * M, D)  # (B, S·M, D)
+            text_segment_ids = jnp.broadcast_to(
+                jnp.repeat(jnp.arange(1, S + 1, dtype=jnp.int32), M), (B, S * M)
+            )  # (B, S·M)
+            text_mask = text_mask.reshape(B, S * M)  # (B, S·M)
 
         # ---- Blocks ----
         rope = rope_3d(coords, cfg.head_dim)  # cos, sin (B, L, K/2)
