@@ -40,6 +40,11 @@ def dit_loss(params, batch: dict, rng, *, dit: DiT, text: TextConfig, diffusion)
         mean=diffusion.timestep_mean,
         std=diffusion.timestep_std,
         shift_by_tokens=diffusion.shift_by_tokens,
+        shift=diffusion.shift,
+        base_tokens=diffusion.base_tokens,
+        base_shift=diffusion.base_shift,
+        max_tokens=diffusion.max_tokens,
+        max_shift=diffusion.max_shift,
     )  # (B, L)
     noise = jax.random.normal(noise_rng, batch["latents"].shape)  # (B, L, P)
     states, mask = text_states(text, params.get("text"), batch["text"], batch["text_mask"])

@@ -1,6 +1,7 @@
 """The DiT train step on a packed batch: pure, and training the byte encoder when it is the
 text encoder (its params sit beside the DiT's and get gradients through cross-attention)."""
 
+import dataclasses
 import functools
 
 import chex
@@ -71,3 +72,30 @@ def test_byte_encoder_trains_with_the_dit():
         lambda a, b: float(jnp.abs(a - b).max()), state.params["text"], new_state.params["text"]
     )
     assert max(jax.tree.leaves(moved)) > 0
+
+
+def test_timestep_shift_settings_reach_the_timestep_draw(monkeypatch):
+    from soraj import train
+
+    config = t2v.get_config("tiny")
+    anchors = dict(shift=2.0, base_tokens=4, base_shift=1.5, max_tokens=64, max_shift=5.0)
+    config.diffusion.update(shift_by_tokens=True, **anchors)
+    text = TextConfig(encoder="bytes", max_tokens=16, byte_width=32, byte_depth=1, byte_heads=2)
+    dit_config = DiTConfig(width=32, depth=1, num_heads=2, patch_size=(1, 1, 1), latent_channels=8)
+    dit = DiT(dataclasses.replace(dit_config, text_width=text.width))
+    params = init_params(dit, text, jax.random.key(0))
+    seen = {}
+    draw = train.per_segment_timesteps
+
+    def spy(*args, **kwargs):
+        seen.update(kwargs)
+        return draw(*args, **kwargs)
+
+    monkeypatch.setattr(train, "per_segment_timesteps", spy)
+    batch = packed_batch(text.host_encoder(), ["a red circle"])
+    loss, _ = train.dit_loss(
+        params, batch, jax.random.key(1), dit=dit, text=text, diffusion=config.diffusion
+    )
+    assert np.isfinite(float(loss))
+    assert seen["shift_by_tokens"] is True
+    assert {k: seen[k] for k in anchors} == anchors

@@ -57,7 +57,15 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
     config.diffusion = ml_collections.ConfigDict()
     config.diffusion.timestep_mean = 0.0
     config.diffusion.timestep_std = 1.0
+    # With shift_by_tokens, each sample's timestep shift grows linearly with its token count
+    # from base_shift at base_tokens to max_shift at max_tokens (soraj.diffusion.timesteps
+    # .resolution_shift); without it, every sample gets the constant `shift`.
     config.diffusion.shift_by_tokens = False
+    config.diffusion.shift = 1.0
+    config.diffusion.base_tokens = 256
+    config.diffusion.base_shift = 1.0
+    config.diffusion.max_tokens = 4096
+    config.diffusion.max_shift = 3.0
     config.diffusion.weighting = "per_sample"
 
     config.optim = ml_collections.ConfigDict()
