@@ -18,3 +18,14 @@ def random_vae_params(model, video, noise: np.random.Generator):
 
     drawn = jax.tree_util.tree_map_with_path(draw, shapes)
     return jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), drawn)
+
+
+def tiny_vae_and_clip():
+    """The tiny preset with random params, and a 9×16×32 clip in [-1, 1]: the shared set-up of
+    the tiling and memory-planner tests."""
+    from soraj.models.vae import VAE_PRESETS, VideoVAE
+
+    model = VideoVAE(VAE_PRESETS["tiny"])
+    noise = np.random.default_rng(0)
+    video = noise.uniform(-1, 1, (1, 9, 16, 32, 3)).astype(np.float32)
+    return model, random_vae_params(model, video[:, :5], noise), video

@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from random_vae_params import random_vae_params
+from random_vae_params import tiny_vae_and_clip
 
 from soraj.models.vae import VAE_PRESETS, VideoVAE
 from soraj.models.vae_memory_plan import (
@@ -118,11 +118,7 @@ def test_bad_clip_shape():
 
 @pytest.fixture(scope="module")
 def vae():
-    model = VideoVAE(TINY)
-    noise = np.random.default_rng(0)
-    video = noise.uniform(-1, 1, (1, 9, 16, 32, 3)).astype(np.float32)
-    params = random_vae_params(model, video[:, :5], noise)
-    return model, params, video
+    return tiny_vae_and_clip()
 
 
 @functools.partial(jax.jit, static_argnums=(0, 3))

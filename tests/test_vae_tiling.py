@@ -7,7 +7,7 @@ import chex
 import jax
 import numpy as np
 import pytest
-from random_vae_params import random_vae_params
+from random_vae_params import tiny_vae_and_clip
 
 from soraj.models.vae import VAE_PRESETS, VideoVAE
 from soraj.models.vae_chunked import decode_chunked, encode_chunked
@@ -112,10 +112,7 @@ def test_tiled_map_equals_untiled_for_block_local_functions(tile, overlap):
 
 @pytest.fixture(scope="module")
 def vae():
-    model = VideoVAE(TINY)
-    noise = np.random.default_rng(0)
-    video = noise.uniform(-1, 1, (1, 9, 16, 32, 3)).astype(np.float32)
-    params = random_vae_params(model, video[:, :5], noise)
+    model, params, video = tiny_vae_and_clip()
     latents = np.asarray(_whole(model, params, video, "encode")[0])
     return model, params, video, latents  # latents (1, 3, 4, 8, 8)
 
