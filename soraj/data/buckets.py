@@ -1,0 +1,321 @@
+"""Open-Sora-style buckets (resolution × frames × aspect ratio): a baseline to compare packing with.
+
+API:
+    table = BucketTable(
+        resolutions={"144p": 144 * 256, "240p": 240 * 426},   # name -> nominal pixel area
+        frames={"144p": {1: (1.0, 64), 17: (1.0, 8)},          # name -> {frames: (keep, batch)}
+                "240p": {1: (1.0, 32), 17: (0.5, 4)}},
+        aspect_ratios=(0.56, 0.75, 1.0, 1.33, 1.78),           # height / width
+        pixel_multiple=16,                                     # bucket H, W are multiples of it
+    )
+    assign_bucket((T, H, W), table, rng) -> BucketAssignment | None
+    bucket_batches(shapes, vae_factors, patch_size, token_budget, table, seed=0,
+                   partial="pad", max_frames=None) -> dict with
+        useful_tokens, padded_tokens, batch_tokens, bucket_waste (= padded / batch tokens),
+        native_tokens, cropped_tokens, upsampled_tokens, dropped_clips, dropped_tokens,
+        num_batches and batches: [(Bucket, (clip index, ...)), ...]
+    pad_to_max(shapes, vae_factors, patch_size, token_budget, max_frames, batch_size=1) -> dict
+        with useful_tokens, padded_tokens, batch_tokens, pad_waste, max_clip_tokens
+
+A clip's native token count is what the native-size policy (soraj/data/native_size.py) gives it
+at its longest length ≤ max_frames within token_budget: the tokens packing would train on.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+
+from soraj.data.native_size import plan_native_size
+
+STANDARD_AREAS = {  # nominal pixel areas of the usual 16:9 names
+    "144p": 144 * 256,
+    "240p": 240 * 426,
+    "360p": 360 * 640,
+    "480p": 480 * 854,
+    "720p": 720 * 1280,
+    "1080p": 1080 * 1920,
+}
+PARTIAL_BATCHES = ("pad", "drop")
+
+
+@dataclasses.dataclass(frozen=True)
+class Bucket:
+    resolution: str
+    num_frames: int
+    aspect_ratio: float  # height / width
+    height: int
+    width: int
+    batch_size: int
+
+
+@dataclasses.dataclass(frozen=True)
+class BucketAssignment:
+    """A clip's bucket and how it gets there: the centre crop_height × crop_width box of each
+    source frame is resized by `scale` to exactly the bucket's height × width (resize to cover,
+    then crop, as Open-Sora does); the first bucket.num_frames frames are kept."""
+
+    bucket: Bucket
+    scale: float
+    crop_height: int
+    crop_width: int
+
+
+# ---- Checks ----
+
+
+def _is_positive_int(value) -> bool:
+    return not isinstance(value, bool) and isinstance(value, (int, np.integer)) and value >= 1
+
+
+def _is_frame_entry(num_frames, value) -> bool:
+    """num_frames -> (keep probability in [0, 1], batch size)."""
+    if not _is_positive_int(num_frames) or not isinstance(value, (tuple, list)) or len(value) != 2:
+        return False
+    keep, batch_size = value
+    return isinstance(keep, (int, float)) and 0.0 <= keep <= 1.0 and _is_positive_int(batch_size)
+
+
+def _check_token_setup(vae_factors, patch_size, token_budget) -> None:
+    for name, values, count in (
+        ("vae_factors (ft, fs)", vae_factors, 2),
+        ("patch_size (pt, ph, pw)", patch_size, 3),
+        ("token_budget", (token_budget,), 1),
+    ):
+        values = tuple(values)
+        if len(values) != count or not all(_is_positive_int(v) for v in values):
+            raise ValueError(f"{name} must be {count} positive int(s), got {values}")
+
+
+# ---- Table ----
+
+
+class BucketTable:
+    """Buckets for every (resolution, frame count, aspect ratio); see the module docstring."""
+
+    def __init__(self, resolutions, frames, aspect_ratios, pixel_multiple=16, area_tolerance=1.0):
+        if not resolutions or not all(
+            isinstance(n, str) and _is_positive_int(a) for n, a in resolutions.items()
+        ):
+            raise ValueError(
+                f"resolutions must map names to positive int pixel areas, got {resolutions!r}"
+            )
+        if set(frames) != set(resolutions):
+            raise ValueError(
+                f"frames must have exactly the resolutions' names {sorted(resolutions)} as keys, "
+                f"got {sorted(frames)}"
+            )
+        for name, table in frames.items():
+            if (
+                not isinstance(table, dict)
+                or not table
+                or not all(_is_frame_entry(t, v) for t, v in table.items())
+            ):
+                raise ValueError(
+                    f"frames[{name!r}] must map frame counts (positive int) to (keep "
+                    f"probability in (0, 1], batch size (positive int)), got {table!r}"
+                )
+        ratios = tuple(float(r) for r in aspect_ratios)
+        if (
+            not ratios
+            or len(set(ratios)) != len(ratios)
+            or not all(0 < r < math.inf for r in ratios)
+        ):
+            raise ValueError(
+                f"aspect_ratios (height / width) must be distinct finite numbers > 0, got "
+                f"{aspect_ratios!r}"
+            )
+        if not _is_positive_int(pixel_multiple):
+            raise ValueError(f"pixel_multiple must be a positive int, got {pixel_multiple!r}")
+        if not 0.0 < float(area_tolerance) <= 1.0:
+            raise ValueError(f"area_tolerance must be in (0, 1], got {area_tolerance!r}")
+        # Largest area first: assignment walks down from the first that fits.
+        self.resolutions = dict(sorted(resolutions.items(), key=lambda kv: -kv[1]))
+        self.frames = {n: dict(sorted(frames[n].items(), reverse=True)) for n in self.resolutions}
+        self.aspect_ratios = ratios
+        self.pixel_multiple = int(pixel_multiple)
+        self.area_tolerance = float(area_tolerance)
+
+    def bucket(self, resolution: str, num_frames: int, aspect_ratio: float) -> Bucket:
+        """Height and width: the ratio at the nominal area, rounded to pixel_multiple."""
+        area, m = self.resolutions[resolution], self.pixel_multiple
+        height = max(m, round(math.sqrt(area * aspect_ratio) / m) * m)
+        width = max(m, round(math.sqrt(area / aspect_ratio) / m) * m)
+        keep, batch_size = self.frames[resolution][num_frames]
+        return Bucket(resolution, num_frames, aspect_ratio, height, width, batch_size)
+
+    def buckets(self) -> list[Bucket]:
+        """Every bucket, largest area, then most frames, then table ratio order first."""
+        return [
+            self.bucket(name, t, r)
+            for name in self.resolutions
+            for t in self.frames[name]
+            for r in self.aspect_ratios
+        ]
+
+
+# ---- Assignment ----
+
+
+def _frame_bucket(num_frames: int, frame_counts) -> int | None:
+    """Images only to 1-frame buckets; videos to the longest bucket of 2 ≤ frames ≤ T."""
+    if num_frames == 1:
+        return 1 if 1 in frame_counts else None
+    return next((t for t in frame_counts if 1 < t <= num_frames), None)  # counts descend
+
+
+def assign_bucket(native_shape, table: BucketTable, rng: np.random.Generator):
+    """The bucket a native (T, H, W) clip goes into, or None when none fits (Open-Sora drops it).
+
+    Resolution: the nominal areas ≤ H·W / area_tolerance are offered largest first, each with
+    its longest frame count (see _frame_bucket; a resolution with none is not offered). Keep:
+    an offer is taken with its bucket's keep probability (one rng.random() draw), else the next
+    is tried; the last offer is taken without a draw. (Open-Sora also walks down by keep
+    probability but drops a clip when its smallest resolution has no frame count.) Aspect
+    ratio: the table ratio nearest H / W, the first on a tie.
+    """
+    if len(tuple(native_shape)) != 3 or not all(_is_positive_int(v) for v in native_shape):
+        raise ValueError(f"native_shape must be 3 positive ints (T, H, W), got {native_shape!r}")
+    if not isinstance(rng, np.random.Generator):
+        raise ValueError(f"rng must be a numpy Generator (np.random.default_rng), got {rng!r}")
+    num_frames, height, width = (int(v) for v in native_shape)
+    offers = []  # (resolution, frames): fitting resolutions that have a fitting frame count
+    for name, area in table.resolutions.items():  # largest area first
+        frames = _frame_bucket(num_frames, table.frames[name])
+        if area <= height * width / table.area_tolerance and frames is not None:
+            offers.append((name, frames))
+    if not offers:
+        return None
+    chosen = next(
+        (o for o in offers[:-1] if rng.random() < table.frames[o[0]][o[1]][0]), offers[-1]
+    )
+    ratio = min(table.aspect_ratios, key=lambda r: abs(r - height / width))
+    bucket = table.bucket(chosen[0], chosen[1], ratio)
+    scale = max(bucket.height / height, bucket.width / width)  # cover the bucket, then crop
+    crop_height = min(height, round(bucket.height / scale))
+    crop_width = min(width, round(bucket.width / scale))
+    return BucketAssignment(bucket, scale, crop_height, crop_width)
+
+
+# ---- Tokens ----
+
+
+def clip_tokens(num_frames, height, width, vae_factors, patch_size) -> int:
+    """Patch tokens of a T×H×W clip: (1 + (T − 1)/ft)/pt · H/(fs·ph) · W/(fs·pw), all exact."""
+    (ft, fs), (pt, ph, pw) = vae_factors, patch_size
+    latent_frames = 1 + (num_frames - 1) // ft
+    if (num_frames - 1) % ft or latent_frames % pt or height % (fs * ph) or width % (fs * pw):
+        raise ValueError(
+            f"clip {num_frames}×{height}×{width} is not whole patches: frames must be 1 + ft·k "
+            f"(ft={ft}) with 1 + k a multiple of pt={pt}, height a multiple of fs·ph={fs * ph} "
+            f"and width of fs·pw={fs * pw}"
+        )
+    return latent_frames // pt * (height // (fs * ph)) * (width // (fs * pw))
+
+
+def native_tokens(native_shape, vae_factors, patch_size, token_budget, max_frames) -> int:
+    """Tokens of the clip at its native size, longest length ≤ max_frames, within token_budget."""
+    rng = np.random.default_rng(0)  # only picks the start frame, which the count ignores
+    frames = min(int(native_shape[0]), max_frames)
+    plan = plan_native_size(
+        native_shape, vae_factors, patch_size, token_budget, max_frames, rng, min_frames=frames
+    )
+    return plan.num_tokens
+
+
+# ---- Batching ----
+
+
+def bucket_batches(
+    shapes, vae_factors, patch_size, token_budget, table, seed=0, partial="pad", max_frames=None
+) -> dict:
+    """Groups a stream of native clip shapes into per-bucket batches, as a bucketed sampler does.
+
+    Clips are assigned in stream order (rng = default_rng(seed)) and appended to their bucket's
+    open batch, which is emitted when it holds batch_size clips. At the end the partial batches
+    are, in table order, either padded to batch_size with empty rows (partial="pad": their
+    tokens count as padded) or dropped (partial="drop": their clips count as dropped).
+    bucket_waste = padded tokens ÷ all tokens in the batches the model runs, the same measure
+    as packing's padding waste. Tokens lost to fitting a clip into its bucket are reported
+    apart: cropped_tokens = Σ max(0, native − bucket tokens), upsampled_tokens the reverse.
+    Clips no bucket takes are dropped; dropped_tokens are their native tokens.
+    """
+    if partial not in PARTIAL_BATCHES:
+        raise ValueError(f"partial must be one of {PARTIAL_BATCHES}, got {partial!r}")
+    if not isinstance(table, BucketTable):
+        raise ValueError(f"table must be a BucketTable, got {type(table).__name__}")
+    _check_token_setup(vae_factors, patch_size, token_budget)
+    if max_frames is None:
+        max_frames = max(t for counts in table.frames.values() for t in counts)
+    tokens_of = {}
+    for bucket in table.buckets():
+        tokens_of[bucket] = clip_tokens(
+            bucket.num_frames, bucket.height, bucket.width, vae_factors, patch_size
+        )
+        if tokens_of[bucket] > token_budget:
+            raise ValueError(
+                f"bucket {bucket} has {tokens_of[bucket]} tokens per clip, over "
+                f"token_budget={token_budget}; raise the budget or shrink the bucket"
+            )
+    native = [native_tokens(s, vae_factors, patch_size, token_budget, max_frames) for s in shapes]
+
+    rng = np.random.default_rng(seed)
+    totals = dict.fromkeys(
+        ("useful_tokens", "padded_tokens", "cropped_tokens", "upsampled_tokens"), 0
+    )
+    totals |= {"native_tokens": sum(native), "dropped_clips": 0, "dropped_tokens": 0}
+    batches, open_batches = [], {}
+    for index, shape in enumerate(shapes):
+        assignment = assign_bucket(shape, table, rng)
+        if assignment is None:
+            totals["dropped_clips"] += 1
+            totals["dropped_tokens"] += native[index]
+            continue
+        bucket = assignment.bucket
+        totals["cropped_tokens"] += max(0, native[index] - tokens_of[bucket])
+        totals["upsampled_tokens"] += max(0, tokens_of[bucket] - native[index])
+        members = open_batches.setdefault(bucket, [])
+        members.append(index)
+        if len(members) == bucket.batch_size:
+            batches.append((bucket, tuple(open_batches.pop(bucket))))
+    for bucket in table.buckets():  # table order keeps the flush deterministic
+        members = open_batches.get(bucket)
+        if not members:
+            continue
+        if partial == "pad":
+            batches.append((bucket, tuple(members)))
+            totals["padded_tokens"] += (bucket.batch_size - len(members)) * tokens_of[bucket]
+        else:
+            totals["dropped_clips"] += len(members)
+            totals["dropped_tokens"] += sum(native[i] for i in members)
+    for bucket, members in batches:
+        totals["useful_tokens"] += len(members) * tokens_of[bucket]
+    batch_tokens = totals["useful_tokens"] + totals["padded_tokens"]
+    return totals | {
+        "batch_tokens": batch_tokens,
+        "bucket_waste": totals["padded_tokens"] / batch_tokens if batch_tokens else 0.0,
+        "num_batches": len(batches),
+        "batches": batches,
+    }
+
+
+def pad_to_max(shapes, vae_factors, patch_size, token_budget, max_frames, batch_size=1) -> dict:
+    """Every clip at its native size, padded to the largest clip's token count, in batches of
+    batch_size rows (a last partial batch padded with empty rows); pad_waste = padded ÷ all."""
+    if not _is_positive_int(batch_size):
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    _check_token_setup(vae_factors, patch_size, token_budget)
+    if not shapes:
+        raise ValueError("shapes must hold at least one native (T, H, W) clip shape")
+    native = [native_tokens(s, vae_factors, patch_size, token_budget, max_frames) for s in shapes]
+    rows = -(-len(native) // batch_size) * batch_size
+    batch_tokens = rows * max(native)
+    return {
+        "useful_tokens": sum(native),
+        "padded_tokens": batch_tokens - sum(native),
+        "batch_tokens": batch_tokens,
+        "pad_waste": (batch_tokens - sum(native)) / batch_tokens,
+        "max_clip_tokens": max(native),
+    }
