@@ -115,7 +115,7 @@ class BucketTable:
             ):
                 raise ValueError(
                     f"frames[{name!r}] must map frame counts (positive int) to (keep "
-                    f"probability in (0, 1], batch size (positive int)), got {table!r}"
+                    f"probability in [0, 1], batch size (positive int)), got {table!r}"
                 )
         ratios = tuple(float(r) for r in aspect_ratios)
         if (
