@@ -177,6 +177,7 @@ def test_bucket_batches_by_hand():
     assert out["bucket_waste"] == pytest.approx(3945 / (10669 + 3945), rel=1e-12)
     assert (out["cropped_tokens"], out["upsampled_tokens"]) == (900 - 400, 5 * 75)
     assert out["native_tokens"] == 5 * 1950 + 144 + 900
+    assert out["cropped_fraction"] == pytest.approx(500 / 10794, rel=1e-12)
     dropped = bucket_batches(stream, VAE, PATCH, 4096, _table(), partial="drop")
     assert [m for _, m in dropped["batches"]] == [(0, 1), (3, 5)]
     assert (dropped["padded_tokens"], dropped["bucket_waste"]) == (0, 0.0)

@@ -8,11 +8,15 @@ API:
         aspect_ratios=(0.56, 0.75, 1.0, 1.33, 1.78),           # height / width
         pixel_multiple=16,                                     # bucket H, W are multiples of it
     )
-    assign_bucket((T, H, W), table, rng) -> BucketAssignment | None
+    table.buckets() -> [Bucket(resolution, num_frames, aspect_ratio, height, width, batch_size)]
+    assign_bucket((T, H, W), table, rng) -> BucketAssignment | None   (bucket, scale, crop box)
+    clip_tokens(T, H, W, vae_factors, patch_size) -> tokens of a clip of whole patches
+    native_tokens((T, H, W), vae_factors, patch_size, token_budget, max_frames) -> int
     bucket_batches(shapes, vae_factors, patch_size, token_budget, table, seed=0,
                    partial="pad", max_frames=None) -> dict with
         useful_tokens, padded_tokens, batch_tokens, bucket_waste (= padded / batch tokens),
-        native_tokens, cropped_tokens, upsampled_tokens, dropped_clips, dropped_tokens,
+        native_tokens, cropped_tokens, cropped_fraction (= cropped / native), upsampled_tokens,
+        dropped_clips, dropped_tokens,
         num_batches and batches: [(Bucket, (clip index, ...)), ...]
     pad_to_max(shapes, vae_factors, patch_size, token_budget, max_frames, batch_size=1) -> dict
         with useful_tokens, padded_tokens, batch_tokens, pad_waste, max_clip_tokens
@@ -240,7 +244,10 @@ def bucket_batches(
     bucket_waste = padded tokens ÷ all tokens in the batches the model runs, the same measure
     as packing's padding waste. Tokens lost to fitting a clip into its bucket are reported
     apart: cropped_tokens = Σ max(0, native − bucket tokens), upsampled_tokens the reverse.
-    Clips no bucket takes are dropped; dropped_tokens are their native tokens.
+    cropped_fraction = cropped_tokens ÷ native_tokens (all clips). Clips no bucket takes are
+    dropped; dropped_tokens are their native tokens. The stream is one epoch: like Open-Sora's
+    sampler, each epoch ends with up to one partial batch per bucket, so the padded share
+    shrinks as the stream grows and grows with the number of buckets.
     """
     if partial not in PARTIAL_BATCHES:
         raise ValueError(f"partial must be one of {PARTIAL_BATCHES}, got {partial!r}")
@@ -296,6 +303,7 @@ def bucket_batches(
     return totals | {
         "batch_tokens": batch_tokens,
         "bucket_waste": totals["padded_tokens"] / batch_tokens if batch_tokens else 0.0,
+        "cropped_fraction": totals["cropped_tokens"] / max(1, totals["native_tokens"]),
         "num_batches": len(batches),
         "batches": batches,
     }
