@@ -8,21 +8,21 @@ import shutil
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
 
 from soraj import checkpoint, optim, sharding
 from soraj.data.latent_cache import LatentCache, shapes_description
-from soraj.data.pipeline import batch_iterator, caption_dropout
+from soraj.data.packed_pipeline import caption_from_bytes, packed_dataset, spec_from_config
 from soraj.data.shapes import ShapesSource
+from soraj.data.shapes_canvases import ShapesCanvasSource
 from soraj.diffusion.objective import flow_matching_loss
 from soraj.diffusion.timesteps import per_segment_timesteps
 from soraj.generate import Generator, init_params, write_video_files
 from soraj.metric_writer import MetricWriter
 from soraj.models import patching
-from soraj.models.conditioning import TextConfig, segment_inputs, text_states
+from soraj.models.conditioning import TextConfig, text_states
 from soraj.models.dit import DiT, DiTConfig
 from soraj.models.latent_codec import LatentCodec
 
@@ -83,64 +83,72 @@ def train_step(state: optim.TrainState, batch: dict, rng, *, dit, text, optimize
 # ---- Building packed batches ----------------------------------------------------------------
 
 
-def latents_to_packed(latents, patch_size) -> dict:
-    """(B, T', H', W', C) latents → the packed batch of DESIGN.md §4 with one sample per row."""
-    tokens, coords = jax.vmap(lambda z: patching.patchify(z, patch_size))(latents)  # (B, N, P)
-    b, n = tokens.shape[:2]
-    grid = patching.grid_shape(latents.shape[1:4], patch_size)
-    return {
-        "latents": tokens,
-        "coords": coords,
-        "segment_ids": jnp.ones((b, n), jnp.int32),
-        "cond_mask": jnp.zeros((b, n), bool),
-        "grid": jnp.broadcast_to(jnp.asarray(grid, jnp.int32), (b, 1, 3)),
-    }
+DEVICE_KEYS = ("latents", "coords", "segment_ids", "cond_mask", "grid", "text", "text_mask")
 
 
 class BatchBuilder:
-    """Host batches → packed device batches of one sample per row. Clips are VAE-encoded here;
-    records of a latent cache bring their latents (and maybe text states) and skip that work."""
+    """Host batches of packed_pipeline → device batches (DESIGN.md §4). Captions of a batch are
+    encoded here in one call; records of a latent cache may bring text states instead."""
 
-    def __init__(self, codec: LatentCodec, patch_size, text_encoder, mesh, null_text=None):
-        self.codec, self.mesh = codec, mesh
+    def __init__(self, text_encoder, mesh):
         self.text_encoder = text_encoder  # None when every batch brings cached text states
-        self.null_text = null_text  # cached states (M, E) and mask (M,) of the null caption
-        # Encode and pack are separate jits so both paths pack latents with the same program.
-        self._encode = jax.jit(codec.encode)
-        self._pack = jax.jit(functools.partial(latents_to_packed, patch_size=patch_size))
+        self.mesh = mesh
 
     def text_inputs(self, host_batch: dict) -> tuple[np.ndarray, np.ndarray]:
-        """(B, 1, M, ...) text inputs and (B, 1, M) mask: cached states, else the encoder's."""
-        if "text_states" not in host_batch:
-            return segment_inputs(self.text_encoder, [str(c) for c in host_batch["caption"]])
-        # Caption dropout blanked some captions after the cache was written: those rows take
-        # the states the text encoder gave for "" when the cache was written.
-        dropped = np.array([c == "" for c in host_batch["caption"]])[:, None]  # (B, 1)
-        states = np.where(dropped[..., None], self.null_text[0], host_batch["text_states"])
-        mask = np.where(dropped, self.null_text[1], host_batch["text_mask"])
-        return states[:, None], mask[:, None]
+        """(B, S, M, ...) text inputs and (B, S, M) mask; unused slots get zeros and no mask."""
+        if "text" in host_batch:
+            return host_batch["text"], host_batch["text_mask"]
+        used = host_batch["grid"][..., 0] > 0  # (B, S)
+        captions = [caption_from_bytes(slot) for slot in host_batch["caption"][used]]
+        states, mask = self.text_encoder.encode(captions)  # (n, M, ...), (n, M)
+        states, mask = np.asarray(states), np.asarray(mask)
+        text = np.zeros((*used.shape, *states.shape[1:]), states.dtype)
+        text_mask = np.zeros((*used.shape, mask.shape[1]), bool)
+        text[used], text_mask[used] = states, mask
+        return text, text_mask
 
     def __call__(self, host_batch: dict) -> dict:
         text, text_mask = self.text_inputs(host_batch)
-        if "latents" in host_batch:
-            latents = sharding.shard_batch({"latents": host_batch["latents"]}, self.mesh)["latents"]
-        else:
-            video = sharding.shard_batch({"video": host_batch["video"]}, self.mesh)["video"]
-            latents = self._encode(self.codec.params, video)  # (B, T', H', W', C)
-        packed = self._pack(latents)
-        packed.update(sharding.shard_batch({"text": text, "text_mask": text_mask}, self.mesh))
-        return packed
+        batch = dict(host_batch, text=text, text_mask=text_mask)
+        return sharding.shard_batch({k: batch[k] for k in DEVICE_KEYS}, self.mesh)
+
+
+def host_batch_metrics(host_batch: dict) -> dict:
+    """What the data did this step: samples packed, padding share, bad records so far."""
+    return {
+        "samples": int(np.sum(host_batch["grid"][..., 0] > 0)),
+        "padding": float(np.mean(host_batch["segment_ids"] == 0)),
+        "bad_records": int(host_batch["bad_records"]),
+    }
+
+
+def training_source(config):
+    """The decoded-clip source config.data.source names (the latent cache aside)."""
+    data = config.data
+    if data.source == "shapes":
+        return ShapesSource(
+            data.num_clips, data.num_frames, data.height, data.width, config.seed, data.split
+        )
+    if data.source == "shapes_canvases":
+        canvases = tuple(tuple(c) for c in data.canvases)
+        return ShapesCanvasSource(
+            data.num_clips, canvases, data.num_frames, config.seed, data.split
+        )
+    raise ValueError(f"config.data.source={data.source!r}; allowed: shapes, shapes_canvases")
 
 
 def training_data(config, codec: LatentCodec, vae_dir: Path, text: TextConfig, patch_size, mesh):
-    """(host batch iterator, BatchBuilder): Shapes clips encoded on the fly, or the records of
-    config.data.latent_cache, which must come from this VAE and this config's dataset."""
+    """(host batch iterator, BatchBuilder): packed rows of native-size clips encoded on the fly,
+    or of the records of config.data.latent_cache, which must come from this VAE and this
+    config's dataset."""
     data = config.data
-    dataset = shapes_description(
-        data.num_clips, data.num_frames, data.height, data.width, config.seed, data.split
-    )
     null_text = None
     if data.latent_cache:
+        if data.source != "shapes":
+            raise ValueError("config.data.latent_cache is made from the 'shapes' source only")
+        dataset = shapes_description(
+            data.num_clips, data.num_frames, data.height, data.width, config.seed, data.split
+        )
         cache = LatentCache.open(data.latent_cache)
         cache.check_vae(codec, vae_dir)
         cache.check_source(dataset)
@@ -150,14 +158,14 @@ def training_data(config, codec: LatentCodec, vae_dir: Path, text: TextConfig, p
             null_text = cache.null_text()
         source = cache.source(text_states=cached_text)
     else:
-        source = ShapesSource(
-            data.num_clips, data.num_frames, data.height, data.width, config.seed, data.split
-        )
-    iterator = batch_iterator(
-        source, config.batch_size, config.seed, caption_dropout(data.caption_dropout)
+        source = training_source(config)
+    vae = codec.config
+    spec = spec_from_config(
+        data, (vae.temporal_factor, vae.spatial_factor), patch_size, config.batch_size, config.seed
     )
+    iterator = iter(packed_dataset(source, spec, codec, null_text))
     text_encoder = None if null_text is not None else text.host_encoder()
-    return iterator, BatchBuilder(codec, patch_size, text_encoder, mesh, null_text)
+    return iterator, BatchBuilder(text_encoder, mesh)
 
 
 # ---- Export and samples ---------------------------------------------------------------------
@@ -270,12 +278,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path):
     )
     writer = MetricWriter(workdir, config.total_steps, start_step, "train")
     for step in range(start_step, config.total_steps):
-        batch = build_batch(next(iterator))
-        state, metrics = step_fn(state, batch, rng)
+        host_batch = next(iterator)
+        state, metrics = step_fn(state, build_batch(host_batch), rng)
         writer.advance()
         done = step + 1
         if done % config.log_every == 0 or done == config.total_steps:
-            writer.write(done, jax.device_get(metrics), config.batch_size)
+            metrics = dict(jax.device_get(metrics), **host_batch_metrics(host_batch))
+            writer.write(done, metrics, int(metrics["samples"]))
         if done % config.save_every == 0 or done == config.total_steps:
             metadata = checkpoint.training_metadata(config, mesh)
             checkpoint.save_train_state(

@@ -3,12 +3,61 @@
 import ml_collections
 
 # Per preset: the DiT preset, the clips (frames, height, width) and the batch size.
+# Per preset: the DiT preset, the default clip (frames, height, width), the packed rows
+# (batch_size rows of row_length tokens, at most max_segments samples each) and the token budget
+# of one sample. The default clip fills token_budget with a 4×8×8 VAE and 1×2×2 patches
+# (tiny: its 4×4×4 Shapes VAE), so a row holds row_length / token_budget full-size clips.
 _PRESETS = {
-    "tiny": dict(model="tiny", num_frames=9, height=32, width=32, batch_size=32),
-    "S/2": dict(model="S/2", num_frames=17, height=256, width=256, batch_size=64),
-    "B/2": dict(model="B/2", num_frames=17, height=256, width=256, batch_size=64),
-    "L/2": dict(model="L/2", num_frames=33, height=256, width=256, batch_size=128),
-    "XL/2": dict(model="XL/2", num_frames=33, height=256, width=256, batch_size=256),
+    "tiny": dict(
+        model="tiny",
+        num_frames=9,
+        height=32,
+        width=32,
+        batch_size=8,
+        row_length=192,
+        max_segments=4,
+        token_budget=192,
+    ),
+    "S/2": dict(
+        model="S/2",
+        num_frames=17,
+        height=256,
+        width=256,
+        batch_size=16,
+        row_length=4096,
+        max_segments=32,
+        token_budget=1280,
+    ),
+    "B/2": dict(
+        model="B/2",
+        num_frames=17,
+        height=256,
+        width=256,
+        batch_size=16,
+        row_length=4096,
+        max_segments=32,
+        token_budget=1280,
+    ),
+    "L/2": dict(
+        model="L/2",
+        num_frames=33,
+        height=256,
+        width=256,
+        batch_size=64,
+        row_length=4608,
+        max_segments=32,
+        token_budget=2304,
+    ),
+    "XL/2": dict(
+        model="XL/2",
+        num_frames=33,
+        height=256,
+        width=256,
+        batch_size=128,
+        row_length=4608,
+        max_segments=32,
+        token_budget=2304,
+    ),
 }
 
 
@@ -48,11 +97,33 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
     config.data.num_frames = preset["num_frames"]
     config.data.height = preset["height"]
     config.data.width = preset["width"]
-    config.data.caption_dropout = 0.1  # the null text teaches the unconditional velocity for CFG
+    config.data.canvases = ((32, 64), (64, 32), (32, 32))  # source "shapes_canvases" only
+    config.data.caption_dropout = 0.1  # per sample; the null text teaches CFG's unconditional v
+    # Packing (soraj/data/packed_pipeline.py): rows of row_length tokens, at most max_segments
+    # samples each, batch_size rows a step; grain's "first_fit" or "best_fit" over packing_bins
+    # rows at once (0: 4 × batch_size).
+    config.data.row_length = preset["row_length"]
+    config.data.max_segments = preset["max_segments"]
+    config.data.packing = "first_fit"
+    config.data.packing_bins = 0
+    # Native size (soraj/data/native_size.py): each clip keeps its aspect ratio, is snapped to
+    # whole patches, downscaled only above token_budget, and cut to min_frames..max_frames frames
+    # (1 + ft·k). square_crop centre-crops every clip to a square first (a baseline only).
+    config.data.token_budget = preset["token_budget"]
+    config.data.max_frames = config.data.get_ref("num_frames")  # follows --config.data.num_frames
+    config.data.min_frames = config.data.get_ref("num_frames")
+    config.data.square_crop = False
+    # NaViT token dropping: the dropped share grows linearly with a sample's token count from
+    # rate_low at tokens_low to rate_high at tokens_high (0 and 0: off).
+    config.data.token_drop = ml_collections.ConfigDict(
+        dict(rate_low=0.0, rate_high=0.0, tokens_low=1, tokens_high=1)
+    )
+    config.data.max_bad_record_ratio = 0.01  # the job stops when more records than this are bad
+    config.data.workers = 0  # grain worker processes that read and cut clips
     # A `soraj cache-latents` folder made from this dataset by config.vae_checkpoint: training
     # reads its latents (and text states, if cached) instead of encoding each batch. "" = online.
     config.data.latent_cache = ""
-    config.batch_size = preset["batch_size"]
+    config.batch_size = preset["batch_size"]  # packed rows per step
 
     config.diffusion = ml_collections.ConfigDict()
     config.diffusion.timestep_mean = 0.0

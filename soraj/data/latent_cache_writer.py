@@ -7,7 +7,6 @@ import os
 import shutil
 from pathlib import Path
 
-import jax
 import numpy as np
 import tensorflow_datasets as tfds
 from etils import epath
@@ -22,6 +21,7 @@ from soraj.data.latent_cache import (
     RECORDS_DIR,
     vae_fingerprint,
 )
+from soraj.models.latent_codec import encode_clip
 
 STAGING_SUFFIX = ".cache-latents-tmp"
 
@@ -80,19 +80,12 @@ def _features(latent_shape, text_shape) -> tfds.features.FeaturesDict:
 
 
 def _encoded_examples(codec, source, batch_size, text_encoder):
-    """(index, example) pairs, encoding batch_size clips at a time with training's encode.
-
-    XLA picks convolution algorithms by shape, so a clip's latents can differ in the last bits
-    between batch sizes (not between batch contents). Every call therefore gets exactly
-    batch_size clips, the last batch padded with repeats of its last clip: with training's
-    batch size, the cache holds bit for bit what on-the-fly encoding computes.
-    """
-    encode = jax.jit(codec.encode)
+    """(index, example) pairs: each clip through training's own one-clip encode (encode_clip),
+    so the cache holds bit for bit what on-the-fly encoding computes; captions go to the text
+    encoder batch_size at a time."""
     for start in tqdm(range(0, len(source), batch_size), desc="encoding", unit="batch"):
         items = [source[i] for i in range(start, min(start + batch_size, len(source)))]
-        videos = [x["video"] for x in items]
-        videos += videos[-1:] * (batch_size - len(videos))
-        latents = np.asarray(encode(codec.params, np.stack(videos)))  # (batch_size, T', H', W', C)
+        latents = [np.asarray(encode_clip(codec, x["video"])) for x in items]  # (T', H', W', C)
         captions = [str(x["caption"]) for x in items]
         if text_encoder is not None:
             states, mask = text_encoder.encode(captions)  # (B, M, E), (B, M)

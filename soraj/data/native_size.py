@@ -87,10 +87,12 @@ def plan_native_size(
     token_budget: int,
     max_frames: int,
     rng: np.random.Generator,
+    min_frames: int = 1,
 ) -> NativeSizePlan:
     """Plans a native (T, H, W) clip for VAE factors (ft, fs) and DiT patches (pt, ph, pw).
 
-    Length: k is drawn uniformly so the clip has 1 + ft·k ≤ min(T, max_frames) frames, its
+    Length: k is drawn uniformly so the clip has min_frames ≤ 1 + ft·k ≤ min(T, max_frames)
+    frames (fewer when the source is shorter than min_frames), its
     1 + k latent frames split into whole pt patches, and the budget still holds a frame of
     one patch per side; the window start is uniform. An image (T = 1) stays T = 1.
     Size: height and width are snapped down to multiples of fs·ph and fs·pw by the smallest
@@ -102,6 +104,9 @@ def plan_native_size(
     pt, ph, pw = _check_positive_ints("patch_size (pt, ph, pw)", patch_size, 3)
     (token_budget,) = _check_positive_ints("token_budget (latent patch tokens)", [token_budget], 1)
     (max_frames,) = _check_positive_ints("max_frames", [max_frames], 1)
+    (min_frames,) = _check_positive_ints("min_frames", [min_frames], 1)
+    if min_frames > max_frames:
+        raise ValueError(f"min_frames={min_frames} must be ≤ max_frames={max_frames}")
     if not isinstance(rng, np.random.Generator):
         raise ValueError(
             f"rng must be a numpy Generator (np.random.default_rng(seed)), got {rng!r}"
@@ -121,6 +126,9 @@ def plan_native_size(
         for k in range(k_max + 1)
         if (1 + k) % pt == 0 and (1 + k) // pt * min_spatial <= token_budget
     ]
+    # A source shorter than min_frames still gives its longest clip rather than none.
+    long_enough = [k for k in ks if 1 + ft * k >= min_frames]
+    ks = long_enough or ks[-1:]
     if not ks:
         raise ValueError(
             f"no clip length fits: frames must be 1 + ft·k ≤ min(T={num_frames}, "

@@ -5,6 +5,7 @@ scale measured on the VAE's training data and stored in its export.
 """
 
 import dataclasses
+import functools
 from pathlib import Path
 
 import jax
@@ -122,3 +123,19 @@ class LatentCodec:
         check_finite("latents", latents)
         z = latents * self.scale + self.shift
         return model_range_to_video(decode_within_budget(self.model, self.params, z, memory_budget))
+
+
+# ---- One clip at a time ----
+
+
+@functools.partial(jax.jit, static_argnames="config")
+def _encode_clip(params, shift, scale, video, *, config):
+    return LatentCodec(config, params, shift, scale).encode(params, video[None])[0]
+
+
+def encode_clip(codec: LatentCodec, video) -> jax.Array:
+    """uint8 (T, H, W, 3) → normalised latents (T', H', W', C), one clip per call. XLA picks
+    convolution algorithms by batch shape, so training's pipeline and the latent cache both
+    encode this way: cached latents then equal online ones bit for bit. Compiled once per
+    (VAE config, clip shape) for the whole process."""
+    return _encode_clip(codec.params, codec.shift, codec.scale, video, config=codec.config)
