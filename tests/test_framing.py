@@ -94,12 +94,13 @@ def test_centre_crops_of_wide_clips_cut_the_objects_geometry_says_they_cut():
 # ---- Hand-drawn squares, independent of the renderer ----
 
 
-def _square_video(lefts, top=10, side=12, height=32, width=64):
+def _square_video(lefts, top=10, side=12, height=32, width=64, right=None):
     """A black clip with a 12-pixel red square (a large square on a 32-high canvas: 11.5 px)
-    whose left edge is at lefts[t]; pixels off the canvas are dropped."""
+    whose left edge is at lefts[t]; pixels off the canvas, or right of `right`, are dropped."""
     video = np.full((len(lefts), height, width, 3), BACKGROUNDS["black"], np.uint8)
     for frame, left in enumerate(lefts):
-        video[frame, top : top + side, max(left, 0) : max(left + side, 0)] = COLOURS["red"]
+        end = max(left + side, 0) if right is None else right
+        video[frame, top : top + side, max(left, 0) : end] = COLOURS["red"]
     return video
 
 
@@ -120,6 +121,15 @@ def test_hand_drawn_square_inside_touching_half_out_and_leaving(lefts, fully_in_
     (obj,) = result["objects"]
     assert obj["fully_in_frame"] is fully_in_frame and obj["cut_frames"] == cut_frames, obj
     assert result["all_in_frame"] is fully_in_frame
+
+
+def test_a_piece_a_pixel_from_the_border_is_cut_and_a_whole_object_there_is_not():
+    caption = "A large red square stays still. The background is black."
+    whole = framing_video(_square_video([1] * 9), caption)["objects"][0]
+    assert whole["fully_in_frame"] and whole["cut_frames"] == 0, whole
+    # Columns 1..6: half a square ending one pixel short of the edge, as the VAE decodes one.
+    piece = framing_video(_square_video([1] * 9, right=7), caption)["objects"][0]
+    assert not piece["fully_in_frame"] and piece["cut_frames"] == 9, piece
 
 
 def test_a_missing_object_is_not_in_frame_and_scores_average_over_objects():
