@@ -15,6 +15,7 @@ from soraj import checkpoint
 from soraj.data.video_io import write_gif, write_mp4
 from soraj.diffusion.sampling import cfg_velocity_batched, euler_sample
 from soraj.diffusion.timesteps import check_static_count
+from soraj.generate_class import class_labels, sample_class_tokens
 from soraj.generate_packed import check_rows, sample_many_tokens
 from soraj.models import patching
 from soraj.models.conditioning import TextConfig, init_text_params, segment_inputs, text_states
@@ -117,7 +118,8 @@ class Generator:
     dit: DiT
     params: dict  # {"dit": ...} plus {"text": ...} for a trainable text encoder
     text_config: TextConfig
-    text_encoder: object  # the host side of the text encoder (TextConfig.host_encoder)
+    text_encoder: object  # the host side of the text encoder (None for a class-label model)
+    class_names: tuple = ()  # a class-conditional model's labels, in label order
 
     @classmethod
     def load(cls, directory: str | Path) -> "Generator":
@@ -128,27 +130,41 @@ class Generator:
         text_config = TextConfig(**stored["text"])
         abstract = jax.eval_shape(lambda: init_params(dit, text_config, jax.random.key(0)))
         params, _ = checkpoint.load_export(bundle / "dit", abstract)
+        if dit.config.conditioning == "class":
+            return cls(codec, dit, params, text_config, None, tuple(stored["classes"]))
         return cls(codec, dit, params, text_config, text_config.host_encoder())
 
     def __call__(self, prompts, frames, height, width, seed=0, steps=30, guidance=4.0):
-        """uint8 videos (B, frames, height, width, 3), one per prompt."""
+        """uint8 videos (B, frames, height, width, 3), one per prompt (a class-conditional
+        model takes class names or indices as prompts)."""
         latent = self.codec.latent_shape(frames, height, width)  # (T', H', W', C)
         grid = patching.grid_shape(latent[:3], self.dit.config.patch_size)
-        text, text_mask = segment_inputs(self.text_encoder, prompts)
-        null_text, null_mask = segment_inputs(self.text_encoder, [""])
-        tokens = sample_tokens(
-            self.params,
-            text,
-            text_mask,
-            null_text,
-            null_mask,
-            jax.random.key(seed),
-            jnp.float32(guidance),
-            dit=self.dit,
-            text_config=self.text_config,
-            grid=grid,
-            num_steps=steps,
-        )
+        if self.dit.config.conditioning == "class":
+            tokens = sample_class_tokens(
+                self.params,
+                class_labels(self.class_names, prompts),
+                jax.random.key(seed),
+                jnp.float32(guidance),
+                dit=self.dit,
+                grid=grid,
+                num_steps=steps,
+            )
+        else:
+            text, text_mask = segment_inputs(self.text_encoder, prompts)
+            null_text, null_mask = segment_inputs(self.text_encoder, [""])
+            tokens = sample_tokens(
+                self.params,
+                text,
+                text_mask,
+                null_text,
+                null_mask,
+                jax.random.key(seed),
+                jnp.float32(guidance),
+                dit=self.dit,
+                text_config=self.text_config,
+                grid=grid,
+                num_steps=steps,
+            )
         unpatch = functools.partial(
             patching.unpatchify,
             grid=grid,
@@ -173,6 +189,10 @@ class Generator:
         `self([prompts[i]], *shapes[i], seeds[i], steps, guidance)[0]`. Rows hold row_length
         tokens (default: the largest request's) and at most max_segments requests (default:
         all of them); seeds default to 0, 1, 2, ..."""
+        if self.dit.config.conditioning == "class":
+            raise ValueError(
+                "generate_many packs text prompts; call a class-conditional Generator directly"
+            )
         seeds = list(range(len(prompts))) if seeds is None else list(seeds)
         check_static_count("steps", steps)
         if not len(prompts) == len(shapes) == len(seeds) >= 1:
@@ -231,10 +251,12 @@ def init_params(dit: DiT, text_config: TextConfig, rng) -> dict:
         jnp.zeros((1, n)),  # t
         jnp.zeros((1, n, 3), jnp.int32),  # coords
         jnp.ones((1, n), jnp.int32),  # segment_ids
-        jnp.zeros((1, 1, m, e)),  # text states
-        jnp.ones((1, 1, m), bool),  # text_mask
     )
-    params = {"dit": dit.init(rng, *dit_inputs)["params"]}
+    if dit.config.conditioning == "class":
+        conditioning = {"labels": jnp.zeros((1, 1), jnp.int32)}
+    else:
+        conditioning = {"text": jnp.zeros((1, 1, m, e)), "text_mask": jnp.ones((1, 1, m), bool)}
+    params = {"dit": dit.init(rng, *dit_inputs, **conditioning)["params"]}
     if text_config.trainable:
         params["text"] = init_text_params(text_config, jax.random.fold_in(rng, 1))
     return params

@@ -13,6 +13,7 @@ import numpy as np
 import optax
 
 from soraj import checkpoint, optim, sharding
+from soraj.data.class_folder import ClassFolderSource
 from soraj.data.latent_cache import LatentCache, shapes_description
 from soraj.data.packed_pipeline import caption_from_bytes, packed_dataset, spec_from_config
 from soraj.data.shapes import ShapesSource
@@ -47,11 +48,15 @@ def dit_loss(params, batch: dict, rng, *, dit: DiT, text: TextConfig, diffusion)
         max_shift=diffusion.max_shift,
     )  # (B, L)
     noise = jax.random.normal(noise_rng, batch["latents"].shape)  # (B, L, P)
-    states, mask = text_states(text, params.get("text"), batch["text"], batch["text_mask"])
+    if dit.config.conditioning == "class":
+        conditioning = {"labels": batch["labels"]}  # (B, S)
+    else:
+        states, mask = text_states(text, params.get("text"), batch["text"], batch["text_mask"])
+        conditioning = {"text": states, "text_mask": mask}
 
     def denoise(x_t, t):
         return dit.apply(
-            {"params": params["dit"]}, x_t, t, batch["coords"], batch["segment_ids"], states, mask
+            {"params": params["dit"]}, x_t, t, batch["coords"], batch["segment_ids"], **conditioning
         )
 
     return flow_matching_loss(
@@ -83,16 +88,18 @@ def train_step(state: optim.TrainState, batch: dict, rng, *, dit, text, optimize
 # ---- Building packed batches ----------------------------------------------------------------
 
 
-DEVICE_KEYS = ("latents", "coords", "segment_ids", "cond_mask", "grid", "text", "text_mask")
+DEVICE_KEYS = ("latents", "coords", "segment_ids", "cond_mask", "grid")
+CONDITIONING_KEYS = {"text": ("text", "text_mask"), "class": ("labels",)}
 
 
 class BatchBuilder:
     """Host batches of packed_pipeline → device batches (DESIGN.md §4). Captions of a batch are
     encoded here in one call; records of a latent cache may bring text states instead."""
 
-    def __init__(self, text_encoder, mesh):
-        self.text_encoder = text_encoder  # None when every batch brings cached text states
-        self.mesh = mesh
+    def __init__(self, text_encoder, mesh, conditioning: str = "text"):
+        self.text_encoder = text_encoder  # None when batches bring text states, or labels
+        self.mesh, self.conditioning = mesh, conditioning
+        self.class_names: tuple[str, ...] = ()
 
     def text_inputs(self, host_batch: dict) -> tuple[np.ndarray, np.ndarray]:
         """(B, S, M, ...) text inputs and (B, S, M) mask; unused slots get zeros and no mask."""
@@ -108,9 +115,11 @@ class BatchBuilder:
         return text, text_mask
 
     def __call__(self, host_batch: dict) -> dict:
-        text, text_mask = self.text_inputs(host_batch)
-        batch = dict(host_batch, text=text, text_mask=text_mask)
-        return sharding.shard_batch({k: batch[k] for k in DEVICE_KEYS}, self.mesh)
+        batch = dict(host_batch)
+        if self.conditioning == "text":
+            batch["text"], batch["text_mask"] = self.text_inputs(host_batch)
+        keys = DEVICE_KEYS + CONDITIONING_KEYS[self.conditioning]
+        return sharding.shard_batch({k: batch[k] for k in keys}, self.mesh)
 
 
 def host_batch_metrics(host_batch: dict) -> dict:
@@ -134,7 +143,25 @@ def training_source(config):
         return ShapesCanvasSource(
             data.num_clips, canvases, data.num_frames, config.seed, data.split
         )
-    raise ValueError(f"config.data.source={data.source!r}; allowed: shapes, shapes_canvases")
+    if data.source == "class_folder":
+        return ClassFolderSource(data.root, data.max_frames)
+    raise ValueError(
+        f"config.data.source={data.source!r}; allowed: shapes, shapes_canvases, class_folder"
+    )
+
+
+def check_classes(config, source) -> None:
+    """A class-conditional model needs a labelled source with exactly its classes, and the
+    reverse; checked before any training work."""
+    model_classes = config.model.num_classes if config.model.conditioning == "class" else 0
+    source_classes = len(getattr(source, "class_names", ()))
+    if model_classes != source_classes:
+        raise ValueError(
+            f"config.model.conditioning={config.model.conditioning!r} with num_classes="
+            f"{config.model.num_classes}, but config.data.source={config.data.source!r} has "
+            f"{source_classes} classes; class-conditional models train on source 'class_folder' "
+            "with --config.model.num_classes equal to its class count"
+        )
 
 
 def training_data(config, codec: LatentCodec, vae_dir: Path, text: TextConfig, patch_size, mesh):
@@ -159,21 +186,28 @@ def training_data(config, codec: LatentCodec, vae_dir: Path, text: TextConfig, p
         source = cache.source(text_states=cached_text)
     else:
         source = training_source(config)
+    check_classes(config, source)
     vae = codec.config
-    spec = spec_from_config(
-        data, (vae.temporal_factor, vae.spatial_factor), patch_size, config.batch_size, config.seed
-    )
+    factors = (vae.temporal_factor, vae.spatial_factor)
+    num_classes = len(getattr(source, "class_names", ()))
+    spec = spec_from_config(data, factors, patch_size, config.batch_size, config.seed, num_classes)
     iterator = iter(packed_dataset(source, spec, codec, null_text))
-    text_encoder = None if null_text is not None else text.host_encoder()
-    return iterator, BatchBuilder(text_encoder, mesh)
+    conditioning = config.model.conditioning
+    needs_encoder = null_text is None and conditioning == "text"
+    text_encoder = text.host_encoder() if needs_encoder else None
+    build = BatchBuilder(text_encoder, mesh, conditioning)
+    build.class_names = tuple(getattr(source, "class_names", ()))  # label order, for exports
+    return iterator, build
 
 
 # ---- Export and samples ---------------------------------------------------------------------
 
 
-def export(workdir: Path, dit: DiT, state, config, text: TextConfig, vae_dir: Path) -> Path:
-    """WORKDIR/export/{dit,vae}: EMA params + config, with the VAE it was trained on, so the
-    folder is a complete generation bundle."""
+def export(
+    workdir: Path, dit: DiT, state, config, text: TextConfig, vae_dir: Path, class_names=()
+) -> Path:
+    """WORKDIR/export/{dit,vae}: EMA params + config (and a class model's class names), with
+    the VAE it was trained on, so the folder is a complete generation bundle."""
     stored = {
         "kind": "dit",
         "dit_config": dataclasses.asdict(dit.config),
@@ -183,6 +217,8 @@ def export(workdir: Path, dit: DiT, state, config, text: TextConfig, vae_dir: Pa
         "step": int(state.step),
         "code_version": checkpoint.code_version(),
     }
+    if dit.config.conditioning == "class":
+        stored["classes"] = list(class_names)
     bundle = workdir / "export"
     checkpoint.export_params(bundle / "dit", state.ema_params, stored)
     if not (bundle / "vae").exists():
@@ -192,8 +228,12 @@ def export(workdir: Path, dit: DiT, state, config, text: TextConfig, vae_dir: Pa
 
 def write_sample(workdir: Path, step: int, generator: Generator, config) -> Path:
     data = config.data
+    # A class model samples its first class unless config.sample.prompt names one of them.
+    prompt = config.sample.prompt
+    if generator.class_names and prompt not in generator.class_names:
+        prompt = generator.class_names[0]
     video = generator(
-        [config.sample.prompt],
+        [prompt],
         data.num_frames,
         data.height,
         data.width,
@@ -203,9 +243,7 @@ def write_sample(workdir: Path, step: int, generator: Generator, config) -> Path
     )[0]
     name = f"sample_{step:06d}"
     return Path(
-        write_video_files(
-            workdir / "samples", name, video, {"prompt": config.sample.prompt, "step": step}
-        )["gif"]
+        write_video_files(workdir / "samples", name, video, {"prompt": prompt, "step": step})["gif"]
     )
 
 
@@ -239,6 +277,8 @@ def make_dit(config, codec: LatentCodec, text: TextConfig) -> DiT:
             text_width=text.width,
             attention_backend=config.model.attention_backend,
             dtype=config.model.dtype,
+            conditioning=config.model.conditioning,
+            num_classes=config.model.num_classes if config.model.conditioning == "class" else 0,
         )
     )
     patching.grid_shape(latent[:3], dit.config.patch_size)  # validates divisibility early
@@ -290,11 +330,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path):
             checkpoint.save_train_state(
                 manager, done, state, iterator.get_state(), metadata, force=True
             )
-            export(workdir, dit, state, config, text, vae_dir)
+            export(workdir, dit, state, config, text, vae_dir, build_batch.class_names)
         if done % config.sample_every == 0 or done == config.total_steps:
-            # Cached text states leave no encoder loaded; sampling needs one for its prompt.
-            build_batch.text_encoder = build_batch.text_encoder or text.host_encoder()
-            generator = Generator(codec, dit, state.ema_params, text, build_batch.text_encoder)
+            generator = Generator(codec, dit, state.ema_params, text, None, build_batch.class_names)
+            if dit.config.conditioning == "text":
+                # Cached text states leave no encoder loaded; sampling needs one for its prompt.
+                build_batch.text_encoder = build_batch.text_encoder or text.host_encoder()
+                generator.text_encoder = build_batch.text_encoder
             print(f"sample written to {write_sample(workdir, done, generator, config)}")
     manager.wait_until_finished()
     writer.close()

@@ -80,6 +80,11 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
     config.model.patch_size = tuple(dit.patch_size)
     config.model.attention_backend = dit.attention_backend
     config.model.dtype = "float32"
+    # "class": a label embedding in adaLN in place of text, for class-conditional benchmarks
+    # (UCF-101 style: --config.data.source=class_folder --config.data.root=DIR); num_classes
+    # must equal the folder's class count. The caption dropout then drops labels to the null.
+    config.model.conditioning = "text"
+    config.model.num_classes = 0
 
     config.text = ml_collections.ConfigDict()
     config.text.encoder = "minilm"
@@ -98,6 +103,7 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
     config.data.height = preset["height"]
     config.data.width = preset["width"]
     config.data.canvases = ((32, 64), (64, 32), (32, 32))  # source "shapes_canvases" only
+    config.data.root = ""  # source "class_folder": ROOT/<class name>/<clips>
     config.data.caption_dropout = 0.1  # per sample; the null text teaches CFG's unconditional v
     # Packing (soraj/data/packed_pipeline.py): rows of row_length tokens, at most max_segments
     # samples each, batch_size rows a step; grain's "first_fit" or "best_fit" over packing_bins

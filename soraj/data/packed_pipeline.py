@@ -55,6 +55,9 @@ class PackedDataSpec:
     packing_bins: int = 0  # rows packed at once (0: 4·B); more bins, less padding
     square_crop: bool = False  # centre-crop every clip to a square first (the crop baseline)
     caption_dropout: float = 0.1  # per sample: its caption becomes "" (the null text)
+    # Class-conditional training: records bring "label" in [0, num_classes); a dropped caption
+    # also drops the label to num_classes, the null label. 0: text-conditional.
+    num_classes: int = 0
     # NaViT token dropping: the dropped share of a sample's tokens grows linearly with its token
     # count, from drop_rate_low at drop_tokens_low to drop_rate_high at drop_tokens_high.
     drop_rate_low: float = 0.0
@@ -100,6 +103,10 @@ class PackedDataSpec:
                 f"need 1 ≤ drop_tokens_low ({self.drop_tokens_low}) ≤ drop_tokens_high "
                 f"({self.drop_tokens_high})"
             )
+        if self.num_classes < 0:
+            raise ValueError(
+                f"num_classes must be ≥ 0 (0: text-conditional), got {self.num_classes}"
+            )
         if self.workers < 0:
             raise ValueError(f"workers must be ≥ 0, got {self.workers}")
 
@@ -108,7 +115,9 @@ class PackedDataSpec:
         return self.packing_bins or 4 * self.rows_per_batch
 
 
-def spec_from_config(data, vae_factors, patch_size, rows_per_batch: int, seed: int):
+def spec_from_config(
+    data, vae_factors, patch_size, rows_per_batch: int, seed: int, num_classes: int = 0
+):
     """PackedDataSpec from config.data (see soraj/configs/t2v.py)."""
     return PackedDataSpec(
         vae_factors=tuple(vae_factors),
@@ -123,6 +132,7 @@ def spec_from_config(data, vae_factors, patch_size, rows_per_batch: int, seed: i
         packing_bins=data.packing_bins,
         square_crop=data.square_crop,
         caption_dropout=data.caption_dropout,
+        num_classes=num_classes,
         drop_rate_low=data.token_drop.rate_low,
         drop_rate_high=data.token_drop.rate_high,
         drop_tokens_low=data.token_drop.tokens_low,
@@ -188,6 +198,11 @@ class PrepareExample:
             "caption": caption_bytes("" if dropped else example["caption"]),  # (1, CAPTION_BYTES)
             "replaced": np.reshape(example.get("replaced", 0), (1,)).astype(np.int32),
         }
+        if spec.num_classes:
+            label = int(example["label"])
+            if not 0 <= label < spec.num_classes:
+                raise ValueError(f"label {label} outside [0, {spec.num_classes}) (num_classes)")
+            prepared["label"] = np.asarray([spec.num_classes if dropped else label], np.int32)
         if "latents" in example:  # a latent cache record: its native-size plan ran when cached
             latents = np.asarray(example["latents"], np.float32)
             grid = patching.grid_shape(latents.shape[:3], spec.patch_size)
@@ -241,7 +256,7 @@ class EncodeExample:
             "latents": np.asarray(tokens, np.float32)[keep],  # (n, P)
             "coords": np.asarray(coords, np.int32)[keep],  # (n, 3)
         }
-        for key in ("caption", "grid", "replaced", "text", "text_mask"):
+        for key in ("caption", "grid", "replaced", "label", "text", "text_mask"):
             if key in prepared:
                 packable[key] = prepared[key]
         return packable
@@ -253,6 +268,8 @@ class EncodeExample:
 def _length_struct(spec: PackedDataSpec, text_tokens: int | None) -> dict:
     L, S = spec.row_length, spec.max_segments
     lengths = {"latents": L, "coords": L, "caption": S, "grid": S, "replaced": S}
+    if spec.num_classes:
+        lengths["label"] = S
     if text_tokens is not None:
         lengths.update(text=S * text_tokens, text_mask=S * text_tokens)
     return lengths
@@ -275,6 +292,8 @@ class PackedRow:
             "grid": packed["grid"],  # (S, 3); unused slots are (0, 0, 0)
             "replaced": packed["replaced"],  # (S,)
         }
+        if "label" in packed:
+            row["labels"] = packed["label"]  # (S,); unused slots hold 0 and no tokens
         if "text" in packed:
             row["text"] = packed["text"].reshape(S, -1, packed["text"].shape[-1])  # (S, M, E)
             row["text_mask"] = packed["text_mask"].reshape(S, -1)  # (S, M)
