@@ -22,6 +22,7 @@ DIT_RULES = (
     ("kv", None),
     ("patch", None),
     ("text_embed", None),
+    ("classes", None),  # the class-label table's rows, replicated like the other embeddings
 )
 VAE_RULES = (
     ("batch", ("data", "fsdp")),

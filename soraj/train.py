@@ -18,6 +18,7 @@ from soraj.data.latent_cache import LatentCache, shapes_description
 from soraj.data.packed_pipeline import caption_from_bytes, packed_dataset, spec_from_config
 from soraj.data.shapes import ShapesSource
 from soraj.data.shapes_canvases import ShapesCanvasSource
+from soraj.data.video_folder import VideoFolderSource
 from soraj.diffusion.objective import flow_matching_loss
 from soraj.diffusion.timesteps import per_segment_timesteps
 from soraj.generate import Generator, init_params, write_video_files
@@ -143,10 +144,16 @@ def training_source(config):
         return ShapesCanvasSource(
             data.num_clips, canvases, data.num_frames, config.seed, data.split
         )
+    if data.source == "video_folder":  # ROOT/captions.jsonl, clips at their native size
+        clips = data.num_random_clips or None
+        return VideoFolderSource(
+            data.root, data.max_frames, None, None, num_random_clips=clips, seed=config.seed
+        )
     if data.source == "class_folder":
         return ClassFolderSource(data.root, data.max_frames)
     raise ValueError(
-        f"config.data.source={data.source!r}; allowed: shapes, shapes_canvases, class_folder"
+        f"config.data.source={data.source!r}; allowed: shapes, shapes_canvases, "
+        "video_folder, class_folder"
     )
 
 

@@ -6,8 +6,9 @@ import pytest
 from soraj.data.native_size import NativeSizePlan, apply_native_size_plan, plan_native_size
 
 
-def _plan(shape, budget=10_000, max_frames=33, seed=0, vae=(4, 8), patch=(1, 2, 2)):
-    return plan_native_size(shape, vae, patch, budget, max_frames, np.random.default_rng(seed))
+def _plan(shape, budget=10_000, max_frames=33, seed=0, vae=(4, 8), patch=(1, 2, 2), min_frames=1):
+    rng = np.random.default_rng(seed)
+    return plan_native_size(shape, vae, patch, budget, max_frames, rng, min_frames)
 
 
 # ---- Hand-worked examples (fs = 8, patch 2: multiples of 16) ----
@@ -111,6 +112,16 @@ def test_same_seed_same_plan_and_seeds_vary_the_length():
     assert len({p.num_frames for p in plans}) > 3
 
 
+def test_min_frames_bounds_the_length_from_below_unless_the_source_is_shorter():
+    # ft = 4: lengths 1 + 4k; min 17 and max 33 leave k in {4, ..., 8}.
+    lengths = {
+        _plan((100, 64, 96), 10_000, 33, seed, min_frames=17).num_frames for seed in range(40)
+    }
+    assert lengths == {17, 21, 25, 29, 33}
+    assert _plan((9, 64, 96), 10_000, 33, min_frames=17).num_frames == 9  # the longest there is
+    assert _plan((1, 64, 96), 10_000, 33, min_frames=17).num_frames == 1  # an image stays one
+
+
 # ---- Applying a plan ----
 
 
@@ -142,6 +153,7 @@ def test_apply_downscale_is_the_area_mean():
         ({"shape": (1, 8, 64)}, "smaller than one latent patch"),
         ({"budget": 0}, "token_budget"),
         ({"max_frames": -1}, "max_frames"),
+        ({"min_frames": 40}, "min_frames=40 must be ≤ max_frames=33"),
         ({"vae": (4, 0)}, "vae_factors"),
         ({"patch": (1, 2)}, "patch_size"),
         ({"patch": (2, 2, 2)}, "an image needs pt = 1"),

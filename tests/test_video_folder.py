@@ -157,6 +157,17 @@ def test_still_item_repeats_one_resized_frame(folder):
     np.testing.assert_allclose(video[0], reference, atol=AREA_ATOL)
 
 
+def test_native_items_keep_their_size_and_length(folder):
+    root, _ = folder
+    source = VideoFolderSource(root, NUM_FRAMES, None, None)
+    np.testing.assert_array_equal(source[0]["video"], first_frames_with_pyav(DEMO_MP4, NUM_FRAMES))
+    np.testing.assert_array_equal(source[3]["video"], skimage_data.coffee()[None])  # png: exact
+    windows = VideoFolderSource(root, NUM_FRAMES, None, None, num_random_clips=6, seed=1)
+    assert all(windows[i]["video"].shape[0] <= NUM_FRAMES for i in range(6))
+    with pytest.raises(ValueError, match="may both be None"):
+        VideoFolderSource(root, NUM_FRAMES, None, WIDTH)
+
+
 def test_file_breaking_after_the_probe_is_replaced_by_the_next_item(folder, caplog):
     root, _ = folder
     source = VideoFolderSource(root, NUM_FRAMES, HEIGHT, WIDTH)

@@ -103,7 +103,11 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
     config.data.height = preset["height"]
     config.data.width = preset["width"]
     config.data.canvases = ((32, 64), (64, 32), (32, 32))  # source "shapes_canvases" only
-    config.data.root = ""  # source "class_folder": ROOT/<class name>/<clips>
+    # Real footage at native size: source "video_folder" (ROOT/captions.jsonl, see
+    # soraj/data/video_folder.py; num_random_clips > 0 draws that many random windows) or
+    # "class_folder" (ROOT/<class name>/<clips>, for class-conditional models).
+    config.data.root = ""
+    config.data.num_random_clips = 0
     config.data.caption_dropout = 0.1  # per sample; the null text teaches CFG's unconditional v
     # Packing (soraj/data/packed_pipeline.py): rows of row_length tokens, at most max_segments
     # samples each, batch_size rows a step; grain's "first_fit" or "best_fit" over packing_bins

@@ -120,7 +120,9 @@ class VideoFolderSource(grain.sources.RandomAccessDataSource):
     logged, counted in num_skipped / skipped_paths, and left out. A file that passes the
     probe but fails later is logged, counted and replaced by the next good item.
 
-    By default item i is file i: its first num_frames frames, centre-cropped. With
+    By default item i is file i: its first num_frames frames, centre-cropped. With height and
+    width None, items keep their native size and a shorter clip its own length (an image is
+    T = 1): the input of native-size training (soraj/data/native_size.py). With
     num_random_clips = N there are N items instead, so a few long clips give many training
     samples: item i is a random window and crop (random_window_crop) of file i mod the file
     count, drawn from (seed, i) alone, so an item is the same whenever it is read. Each file
@@ -138,9 +140,16 @@ class VideoFolderSource(grain.sources.RandomAccessDataSource):
         seed: int = 0,
         min_crop_scale: float = 1.0,
     ):
-        for name, value in (("num_frames", num_frames), ("height", height), ("width", width)):
+        native = height is None and width is None
+        sizes = (("num_frames", num_frames),) + (
+            () if native else (("height", height), ("width", width))
+        )
+        for name, value in sizes:
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
+                raise ValueError(
+                    f"{name} must be a positive int, got {value!r} (height and width may both "
+                    "be None: native size)"
+                )
         if num_random_clips is not None and (
             isinstance(num_random_clips, bool)
             or not isinstance(num_random_clips, int)
@@ -216,7 +225,11 @@ class VideoFolderSource(grain.sources.RandomAccessDataSource):
             except VideoReadError as error:
                 self._skip(relative_path, error)
                 continue
-            if self.num_random_clips is None:
+            if self.height is None:  # native size: the frames as decoded, a short clip short
+                if self.num_random_clips is not None:
+                    start = int(rng.integers(0, max(1, len(video) - self.num_frames + 1)))
+                    video = video[start : start + self.num_frames]
+            elif self.num_random_clips is None:
                 video = center_crop_resize(video, self.height, self.width)  # resize, then loop
                 video = loop_to_length(video, self.num_frames)
             else:
