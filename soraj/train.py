@@ -1,5 +1,6 @@
-"""DiT trainer: rectified flow on VAE latents of Shapes clips, `train_and_evaluate(config,
-workdir)`. The step is a pure function of (state, packed batch, rng)."""
+"""DiT trainer: rectified flow on VAE latents of clips at their native sizes, packed into rows
+(soraj/data/packed_pipeline.py), `train_and_evaluate(config, workdir)`. The step is a pure
+function of (state, packed batch, rng)."""
 
 import dataclasses
 import functools
