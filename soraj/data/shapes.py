@@ -282,6 +282,20 @@ def render_scene(
 # ---- Grain source ----
 
 
+def clip_item(seed: int, index: int, num_frames: int, height: int, width: int, split: str):
+    """Clip `index` of `seed` at (height, width): a pure function of its arguments, as every
+    Shapes source item is."""
+    rng = np.random.default_rng((seed, index))
+    scene = sample_scene(rng, num_frames, split)
+    return {
+        "video": render_scene(scene, num_frames, height, width, rng),  # (T, H, W, 3)
+        "caption": dense_caption(scene),
+        "short_caption": short_caption(scene),
+        "structured": json.dumps(structured_caption(scene)),
+        "index": index,
+    }
+
+
 class ShapesSource(grain.sources.RandomAccessDataSource):
     """num_clips captioned clips; clip i of a seed is a pure function of (seed, i)."""
 
@@ -315,15 +329,7 @@ class ShapesSource(grain.sources.RandomAccessDataSource):
         if not -self.num_clips <= index < self.num_clips:
             raise IndexError(f"Clip index {index} out of range for {self.num_clips} clips.")
         index = int(index) % self.num_clips
-        rng = np.random.default_rng((self.seed, index))
-        scene = sample_scene(rng, self.num_frames, self.split)
-        return {
-            "video": render_scene(scene, self.num_frames, self.height, self.width, rng),
-            "caption": dense_caption(scene),
-            "short_caption": short_caption(scene),
-            "structured": json.dumps(structured_caption(scene)),
-            "index": index,
-        }
+        return clip_item(self.seed, index, self.num_frames, self.height, self.width, self.split)
 
     def __repr__(self) -> str:
         return (

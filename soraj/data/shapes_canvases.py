@@ -1,8 +1,6 @@
 """Shapes clips on several canvases (wide, tall, square) in one grain source, for native-size
 training: clip i is drawn at canvases[i % len(canvases)]."""
 
-import json
-
 import grain
 import numpy as np
 
@@ -11,11 +9,7 @@ from soraj.data.shapes import (  # the private checks keep the error messages of
     SPLITS,
     _check_choice,
     _check_int,
-    dense_caption,
-    render_scene,
-    sample_scene,
-    short_caption,
-    structured_caption,
+    clip_item,
 )
 
 
@@ -72,15 +66,7 @@ class ShapesCanvasSource(grain.sources.RandomAccessDataSource):
     def __getitem__(self, index: int) -> dict:
         index = self._checked_index(index)
         height, width = self.canvas(index)
-        rng = np.random.default_rng((self.seed, index))
-        scene = sample_scene(rng, self.num_frames, self.split)
-        return {
-            "video": render_scene(scene, self.num_frames, height, width, rng),  # (T, H, W, 3)
-            "caption": dense_caption(scene),
-            "short_caption": short_caption(scene),
-            "structured": json.dumps(structured_caption(scene)),
-            "index": index,
-        }
+        return clip_item(self.seed, index, self.num_frames, height, width, self.split)
 
     def __repr__(self) -> str:
         return (
