@@ -7,11 +7,12 @@ Dataset: seeded native shapes over six aspect ratios, many sizes and lengths, a 
 VAE factors (ft, fs) = (4, 8), patches (1, 2, 2), C = 16 (the Wan-like layout); every clip is
 planned by the native-size policy (token_budget, max_frames = min_frames, as the trainer sets them).
 
-- Packing waste: the real pipeline (packed_dataset) over records that carry latents shaped by
-  each clip's plan (a latent-cache record, held in memory; values are random, waste depends on
-  shapes only) and cached text states; padded tokens ÷ all tokens over many batches, checked
-  against a naive recount from each segment's grid on the first batch.
-- Bucket and pad-to-max waste: soraj/data/buckets.py on the same native shapes (one epoch).
+- Packing waste: the real pipeline (packed_dataset, the trainer's packer and bins) over records
+  shaped like a latent cache's: latents of each clip's planned shape (random values drawn on
+  read; waste depends on shapes only) and cached text states; padded tokens ÷ all tokens over
+  many batches, checked against a naive recount from each segment's grid on the first batch.
+- Bucket and pad-to-max waste: soraj/data/buckets.py on the same native shapes, one epoch of
+  them, its end-of-epoch partial batches padded with empty rows.
 - Useful tokens/s: real (non-padding) tokens per second of the jitted train_step of one small
   DiT, on packed pipeline batches and on bucket batches (one fixed (rows, tokens) shape per
   bucket, one clip per row, empty rows for a partial batch). Each timed shape is compiled first;
@@ -22,6 +23,7 @@ planned by the native-size policy (token_budget, max_frames = min_frames, as the
 
 import argparse
 import copy
+import dataclasses
 import functools
 import json
 import os
@@ -155,13 +157,14 @@ def bucket_table(tokens_per_step: int) -> BucketTable:
     )
 
 
-def row_batch(rows: int, used_rows: int, grid, text_tokens: int, text_width: int) -> dict:
-    """A device-ready batch of one clip shape (patch grid (gt, gh, gw)) per row, as a bucket or
-    pad-to-max sampler gives: `rows` rows, the first `used_rows` real, the rest empty."""
+def row_batch(rows: int, grid, text_tokens: int, text_width: int) -> dict:
+    """A host batch of `rows` clips of one shape (patch grid (gt, gh, gw)), one per row, as a
+    bucket or pad-to-max sampler gives. The step's time does not depend on how many rows are
+    real, so every row is."""
     latent_shape = tuple(g * p for g, p in zip(grid, PATCH, strict=True))
     _, coords = patching.patchify(np.zeros((*latent_shape, CHANNELS), np.float32), PATCH)
     tokens = coords.shape[0]
-    used = np.arange(rows) < used_rows  # (B,)
+    used = np.ones(rows, bool)  # (B,)
     rng = np.random.default_rng(0)
     return {
         "latents": rng.standard_normal((rows, tokens, int(np.prod(PATCH)) * CHANNELS), np.float32),
@@ -213,6 +216,10 @@ class Stepper:
             train_step, dit=self.dit, text=text, optimizer=optimizer, config=config
         )
         self.step = jax.jit(step, donate_argnums=0)
+
+    def flops(self, batch: dict) -> float:
+        """XLA's FLOP count of one step on this batch shape (from the lowered HLO, no run)."""
+        return self.step.lower(self.state, batch, self.rng).cost_analysis()["flops"]
 
     def seconds(self, batch: dict) -> float:
         start = time.perf_counter()
@@ -280,7 +287,7 @@ def main():
     waste = {}
     for packing in ("first_fit", "best_fit"):
         for bins in (spec.bins, 4 * spec.bins):
-            variant = PackedDataSpec(**{**spec.__dict__, "packing": packing, "packing_bins": bins})
+            variant = dataclasses.replace(spec, packing=packing, packing_bins=bins)
             key = f"packing_waste_{packing}_{bins}_bins"
             waste[key] = packing_waste(records, variant, args.waste_batches)
             print(f"packing waste, {packing} over {bins} bins: {waste[key]:.4f}")
@@ -306,13 +313,12 @@ def main():
     packed_pool = [(build(b), int(np.sum(b["segment_ids"] > 0))) for b in host_pool]
     timed = bucket_shapes(buckets, args.bucket_shapes)
     bucket_pool = {
-        shape: build(row_batch(rows, rows, bucket_grid(bucket), text.max_tokens, text.width))
+        shape: build(row_batch(bucket.batch_size, bucket_grid(bucket), text.max_tokens, text.width))
         for shape, (bucket, _, _) in timed.items()
-        for rows in [bucket.batch_size]
     }
     largest = max(records.latent_shapes, key=lambda shape: np.prod(shape))
     pad_grid = patching.grid_shape(largest[:3], PATCH)
-    pad_batch = build(row_batch(pad_rows, pad_rows, pad_grid, text.max_tokens, text.width))
+    pad_batch = build(row_batch(pad_rows, pad_grid, text.max_tokens, text.width))
     assert int(np.prod(pad_grid)) == padded["max_clip_tokens"]
     compile_start = time.perf_counter()
     for batch in (packed_pool[0][0], *bucket_pool.values(), pad_batch):
@@ -328,6 +334,20 @@ def main():
     build_text = BatchBuilder(encoder, mesh)
     loader_seconds(text_iterator, build_text, 2)
     compile_seconds = time.perf_counter() - compile_start
+
+    # Work per useful token, from XLA's count: what the timings should follow on any machine.
+    packed_useful = statistics.mean(useful for _, useful in packed_pool)
+    pad_useful = (1 - padded["pad_waste"]) * pad_rows * padded["max_clip_tokens"]
+    bucket_flops = sum(timed[s][1] * stepper.flops(b) for s, b in bucket_pool.items())
+    flops_per_token = {
+        "packing_flops_per_useful_token": stepper.flops(packed_pool[0][0]) / packed_useful,
+        "bucket_flops_per_useful_token": bucket_flops / sum(u for _, _, u in timed.values()),
+        "pad_flops_per_useful_token": stepper.flops(pad_batch) / pad_useful,
+    }
+    flops_per_token["packing_to_bucket_flops_per_useful_token"] = (
+        flops_per_token["packing_flops_per_useful_token"]
+        / flops_per_token["bucket_flops_per_useful_token"]
+    )
 
     rounds = {key: [] for key in ("packed", "bucket", "pad", "steps", "loader", "loader_text")}
     for _ in range(args.rounds):  # the schemes take turns, so load from others hits them alike
@@ -345,7 +365,6 @@ def main():
         epoch_seconds = sum(timed[shape][1] * per_shape[shape] for shape in timed)
         rounds["bucket"].append(sum(useful for _, _, useful in timed.values()) / epoch_seconds)
         pad_seconds = statistics.mean(stepper.seconds(pad_batch) for _ in range(args.steps))
-        pad_useful = (1 - padded["pad_waste"]) * pad_rows * padded["max_clip_tokens"]
         rounds["pad"].append(pad_useful / pad_seconds)
         loader = loader_seconds(iterator, build, args.loader_batches)
         rounds["loader"].append(args.loader_batches / loader)
@@ -375,6 +394,7 @@ def main():
         "loader_batches_per_s": median["loader"],
         "loader_minilm_batches_per_s": median["loader_text"],
         "train_steps_per_s": median["steps"],
+        **flops_per_token,
         **waste,
         "bucket_cropped_fraction": buckets["cropped_fraction"],
         "bucket_upsampled_tokens_fraction": buckets["upsampled_tokens"] / buckets["native_tokens"],
@@ -385,6 +405,8 @@ def main():
         "bucket_partial_dropped_clips": dropping["dropped_clips"],
         "bucket_shapes_timed": len(timed),
         "bucket_timed_batch_fraction": covered / buckets["num_batches"],
+        "packed_tokens_per_step": tokens_per_step,
+        "bucket_tokens_per_step_mean": buckets["batch_tokens"] / buckets["num_batches"],
         "pad_rows": pad_rows,
         "pad_max_clip_tokens": padded["max_clip_tokens"],
         "dataset": (
