@@ -291,6 +291,14 @@ def main():
             key = f"packing_waste_{packing}_{bins}_bins"
             waste[key] = packing_waste(records, variant, args.waste_batches)
             print(f"packing waste, {packing} over {bins} bins: {waste[key]:.4f}")
+    # Half the row length (same tokens per step): less attention per token, more padding.
+    half = dataclasses.replace(
+        spec,
+        row_length=spec.row_length // 2,
+        max_segments=max(1, spec.max_segments // 2),
+        rows_per_batch=2 * spec.rows_per_batch,
+    )
+    waste["packing_waste_half_row_length"] = packing_waste(records, half, args.waste_batches)
 
     table = bucket_table(tokens_per_step)
     buckets = bucket_batches(
@@ -298,6 +306,17 @@ def main():
     )
     dropping = bucket_batches(
         shapes, VAE_FACTORS, PATCH, args.token_budget, table, 0, "drop", args.max_frames
+    )
+    # Buckets pad only the epoch's last batch of each bucket: a shorter epoch pads more.
+    tenth = bucket_batches(
+        shapes[: len(shapes) // 10],
+        VAE_FACTORS,
+        PATCH,
+        args.token_budget,
+        table,
+        0,
+        "pad",
+        args.max_frames,
     )
     pad_rows = tokens_per_step // args.token_budget
     padded = pad_to_max(
@@ -402,6 +421,7 @@ def main():
         "bucket_batches": buckets["num_batches"],
         "bucket_count": len(table.buckets()),
         "bucket_waste_partial_dropped": dropping["bucket_waste"],
+        "bucket_waste_tenth_of_the_clips": tenth["bucket_waste"],
         "bucket_partial_dropped_clips": dropping["dropped_clips"],
         "bucket_shapes_timed": len(timed),
         "bucket_timed_batch_fraction": covered / buckets["num_batches"],
