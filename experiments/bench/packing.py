@@ -17,8 +17,10 @@ planned by the native-size policy (token_budget, max_frames = min_frames, as the
   DiT, on packed pipeline batches and on bucket batches (one fixed (rows, tokens) shape per
   bucket, one clip per row, empty rows for a partial batch). Each timed shape is compiled first;
   rounds alternate packed and bucket steps so that load from other processes hits both alike.
+  XLA's FLOP count of each step shape gives the work per useful token beside the timings.
 - loader_to_step_ratio: pipeline batches/s (next() plus BatchBuilder's sharding; text states are
-  cached, so no encoder runs) ÷ train steps/s on packed batches, measured in the same rounds.
+  cached, so no encoder runs) ÷ train steps/s on packed batches, measured in the same rounds;
+  loader_to_step_ratio_minilm: the same records with captions only, encoded by MiniLM per batch.
 """
 
 import argparse
