@@ -32,7 +32,7 @@ from soraj.models.latent_codec import LatentCodec
 # ---- The pure train step --------------------------------------------------------------------
 
 
-def dit_loss(params, batch: dict, rng, *, dit: DiT, text: TextConfig, diffusion):
+def dit_loss(params, batch: dict, rng, *, dit: DiT, text: TextConfig, diffusion, window=None):
     t_rng, noise_rng = jax.random.split(rng)
     max_segments = batch["grid"].shape[1]
     t = per_segment_timesteps(
@@ -58,7 +58,13 @@ def dit_loss(params, batch: dict, rng, *, dit: DiT, text: TextConfig, diffusion)
 
     def denoise(x_t, t):
         return dit.apply(
-            {"params": params["dit"]}, x_t, t, batch["coords"], batch["segment_ids"], **conditioning
+            {"params": params["dit"]},
+            x_t,
+            t,
+            batch["coords"],
+            batch["segment_ids"],
+            **conditioning,
+            max_segment_tokens=window,
         )
 
     return flow_matching_loss(
@@ -76,7 +82,15 @@ def dit_loss(params, batch: dict, rng, *, dit: DiT, text: TextConfig, diffusion)
 def train_step(state: optim.TrainState, batch: dict, rng, *, dit, text, optimizer, config):
     """(state, batch, rng) → (state, metrics); pure, jitted once with donation."""
     rng = jax.random.fold_in(rng, state.step)
-    loss_fn = functools.partial(dit_loss, dit=dit, text=text, diffusion=config.diffusion)
+    # No packed sample has more than token_budget tokens (packed_pipeline checks it), so
+    # self-attention works in windows of 3 × token_budget rather than over whole rows.
+    loss_fn = functools.partial(
+        dit_loss,
+        dit=dit,
+        text=text,
+        diffusion=config.diffusion,
+        window=config.data.token_budget,
+    )
     (loss, _), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch, rng)
     new_state = state.apply_gradients(grads, optimizer, config.optim.ema_decay)
     metrics = {

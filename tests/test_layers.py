@@ -108,6 +108,73 @@ class AttentionTest(chex.TestCase):
         chex.assert_trees_all_close(got, want.astype(np.float32), atol=1e-5, rtol=1e-5)
 
 
+def _packed_rows(rng, rows, length, window):
+    """Segment ids of packed rows: contiguous runs of 1..window tokens, then padding."""
+    ids = np.zeros((rows, length), np.int32)
+    for r in range(rows):
+        start, segment = 0, 1
+        while start < length - 2:
+            n = int(rng.integers(1, window + 1))
+            ids[r, start : start + n] = segment
+            start, segment = start + n, segment + 1
+    return ids
+
+
+@pytest.mark.parametrize("backend", ["xla", "cudnn"])
+def test_windowed_self_attention_equals_the_whole_row(backend):
+    # Rows of 61 tokens, segments of at most 7: blocks of 7 see 21 keys instead of 61. The
+    # row length is not a multiple of the window, so the last block is padded.
+    rng = np.random.default_rng(3)
+    ids = _packed_rows(rng, 3, 61, 7)
+    q, k, v = (rng.normal(size=(3, 61, 2, 8)).astype(np.float32) for _ in range(3))
+    kv_mask = rng.random(ids.shape) > 0.2
+    want = naive_attention(q, k, v, ids, ids, kv_mask)
+
+    def windowed(q, k, v):
+        return attention(
+            q,
+            k,
+            v,
+            q_segment_ids=ids,
+            kv_segment_ids=ids,
+            kv_mask=kv_mask,
+            backend=backend,
+            max_segment_length=7,
+        )
+
+    def whole(q, k, v):
+        return attention(q, k, v, q_segment_ids=ids, kv_segment_ids=ids, kv_mask=kv_mask)
+
+    chex.assert_trees_all_close(jax.jit(windowed)(q, k, v), want.astype(np.float32), atol=1e-5)
+    loss = lambda fn: lambda *x: jnp.sum(fn(*x) ** 2)  # noqa: E731
+    chex.assert_trees_all_close(
+        jax.grad(loss(windowed), argnums=(0, 1, 2))(q, k, v),
+        jax.grad(loss(whole), argnums=(0, 1, 2))(q, k, v),
+        atol=1e-5,
+    )
+    # A segment longer than the promised window would be cut: the promise is the caller's.
+    long_ids = np.where(ids > 0, 1, 0).astype(np.int32)
+    cut = attention(q, k, v, q_segment_ids=long_ids, kv_segment_ids=long_ids, max_segment_length=7)
+    full = attention(q, k, v, q_segment_ids=long_ids, kv_segment_ids=long_ids)
+    assert not np.allclose(cut, full, atol=1e-3)
+
+
+def test_window_must_be_a_positive_int_for_self_attention():
+    q = np.zeros((1, 8, 1, 4), np.float32)
+    seg = np.ones((1, 8), np.int32)
+    with pytest.raises(ValueError, match="≥ 1"):
+        attention(q, q, q, q_segment_ids=seg, kv_segment_ids=seg, max_segment_length=0)
+    with pytest.raises(ValueError, match="self-attention"):
+        attention(
+            q,
+            q[:, :4],
+            q[:, :4],
+            q_segment_ids=seg,
+            kv_segment_ids=seg[:, :4],
+            max_segment_length=2,
+        )
+
+
 def test_unknown_backend_lists_allowed_values():
     q = np.zeros((1, 2, 1, 4), np.float32)
     seg = np.ones((1, 2), np.int32)

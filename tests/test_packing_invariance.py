@@ -110,14 +110,21 @@ def _sample(seed, latent_shape, text_len):
 SAMPLES = [_sample(i, shape, text_len=3 + i) for i, shape in enumerate(LATENT_SHAPES)]
 
 
-def _forward(params, batch):
+def _forward(params, batch, window=None):
     """(v (B, L, P), loss_per_segment (B, S)) from one jitted program for every layout."""
     model = DiT(CONFIG)
     out = {}
 
     def denoise(x_t, t):
         out["v"] = model.apply(
-            params, x_t, t, batch["coords"], batch["segment_ids"], batch["text"], batch["text_mask"]
+            params,
+            x_t,
+            t,
+            batch["coords"],
+            batch["segment_ids"],
+            batch["text"],
+            batch["text_mask"],
+            max_segment_tokens=window,
         )
         return out["v"]
 
@@ -128,12 +135,12 @@ def _forward(params, batch):
         batch["t"],
         batch["segment_ids"],
         batch["cond_mask"],
-        max_segments=S,
+        max_segments=batch["grid"].shape[1],
     )
     return out["v"], aux["loss_per_segment"]
 
 
-_forward_jit = jax.jit(_forward)
+_forward_jit = jax.jit(_forward, static_argnames="window")
 
 
 @functools.cache
@@ -208,6 +215,18 @@ def test_output_and_loss_of_a_sample_do_not_depend_on_its_row():
                 worst_v = max(worst_v, float(np.abs(v - v0).max()))
                 worst_loss = max(worst_loss, abs(float(loss) - float(loss0)))
     print(f"max |v packed - v alone| = {worst_v:.3g}, max |loss diff| = {worst_loss:.3g}")
+
+
+def test_windowed_attention_keeps_every_sample_as_it_is_alone():
+    # One row of 64 tokens holds all four samples (42 tokens); the largest has 18, so
+    # self-attention runs in windows of 54 keys, not 64, and must change nothing.
+    alone = _per_sample(*_alone())
+    batch, placements = pack_samples([SAMPLES[i] for i in (2, 0, 3, 1)], 64, 4, num_rows=1)
+    placements = [placements[(2, 0, 3, 1).index(i)] for i in range(len(SAMPLES))]
+    v, loss = _forward_jit(_random_params(), batch, window=18)
+    for (v0, loss0, _), p, v_i in zip(alone, placements, unpack(v, placements), strict=True):
+        np.testing.assert_allclose(v_i, v0, atol=1e-5, rtol=1e-5)
+        np.testing.assert_allclose(loss[p.row, p.segment - 1], loss0, atol=1e-5, rtol=1e-5)
 
 
 def test_pack_samples_accepts_jax_arrays_and_sizes_rows_to_fit():

@@ -227,6 +227,11 @@ class PrepareExample:
                 self.null_text if dropped else (example["text_states"], example["text_mask"])
             )
             prepared.update(text=np.asarray(states), text_mask=np.asarray(mask, bool))
+        if int(np.prod(grid)) > spec.token_budget:  # cached latents were planned elsewhere
+            raise ValueError(
+                f"a cached sample has {int(np.prod(grid))} tokens (grid {tuple(grid)}), over "
+                f"token_budget={spec.token_budget}; raise config.data.token_budget"
+            )
         prepared["grid"] = np.asarray([grid], np.int32)  # (1, 3)
         prepared["keep"] = kept_tokens(spec, int(np.prod(grid)), rng)
         return prepared

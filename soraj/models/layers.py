@@ -203,6 +203,50 @@ def _splash_attention(q, k, v, q_segment_ids, kv_segment_ids, kv_mask):
     return jnp.where(has_key[:, :, None, None], out, 0).astype(out.dtype)
 
 
+def _neighbour_blocks(x: jnp.ndarray, window: int, fill) -> jnp.ndarray:
+    """(B, n·W, ...) → (B·n, 3W, ...): each block of W positions with the blocks before and
+    after it (fill beyond the ends)."""
+    b, length = x.shape[:2]
+    blocks = x.reshape(b, length // window, window, *x.shape[2:])  # (B, n, W, ...)
+    edge = jnp.full_like(blocks[:, :1], fill)
+    before = jnp.concatenate([edge, blocks[:, :-1]], axis=1)
+    after = jnp.concatenate([blocks[:, 1:], edge], axis=1)
+    both = jnp.concatenate([before, blocks, after], axis=2)  # (B, n, 3W, ...)
+    return both.reshape(b * (length // window), 3 * window, *x.shape[2:])
+
+
+def _local_attention(q, k, v, segment_ids, kv_mask, window: int, dense):
+    """Self-attention of packed rows whose segments are contiguous runs of at most `window`
+    tokens: a query's segment then lies inside its own block of `window` positions and the
+    two around it, so each block attends to 3·window keys instead of the whole row. Exact;
+    `dense(q, k, v, mask)` is the backend run on the blocks."""
+    b, length, num_heads, head_dim = q.shape  # (B, L, N, K)
+    pad = -length % window
+
+    def padded(x, fill):
+        return jnp.pad(x, [(0, 0), (0, pad)] + [(0, 0)] * (x.ndim - 2), constant_values=fill)
+
+    q, k, v = padded(q, 0), padded(k, 0), padded(v, 0)
+    ids = padded(segment_ids, 0)  # (B, L')
+    blocks = ids.shape[1] // window
+    q_blocks = q.reshape(b * blocks, window, num_heads, head_dim)  # (B·n, W, N, K)
+    k_blocks = _neighbour_blocks(k, window, 0)  # (B·n, 3W, N, K)
+    v_blocks = _neighbour_blocks(v, window, 0)
+    kv_mask_blocks = (
+        None if kv_mask is None else _neighbour_blocks(padded(kv_mask, False), window, False)
+    )
+    mask = segment_mask(
+        ids.reshape(b * blocks, window), _neighbour_blocks(ids, window, 0), kv_mask_blocks
+    )  # (B·n, W, 3W)
+    out = dense(q_blocks, k_blocks, v_blocks, mask)  # (B·n, W, N, K)
+    out = jnp.where(mask.any(axis=-1)[:, :, None, None], out, 0)
+    return out.reshape(b, blocks * window, num_heads, head_dim)[:, :length]  # (B, L, N, K)
+
+
+def _cudnn_attention(q, k, v, mask):
+    return jax.nn.dot_product_attention(q, k, v, mask=mask[:, None], implementation=None)
+
+
 def attention(
     q: jnp.ndarray,
     k: jnp.ndarray,
@@ -212,6 +256,7 @@ def attention(
     kv_segment_ids: jnp.ndarray,
     kv_mask: jnp.ndarray | None = None,
     backend: str = "xla",
+    max_segment_length: int | None = None,
 ) -> jnp.ndarray:
     """Segment-masked softmax attention: q (B, L, N, K), k/v (B, M, N, K) -> (B, L, N, K).
 
@@ -220,6 +265,11 @@ def attention(
     Backends: "xla" (dense reference), "cudnn" (jax.nn.dot_product_attention, which picks
     cuDNN flash attention where it can and XLA otherwise) or "splash" (the Pallas TPU kernel,
     block-diagonal by segment ids without an (L, M) mask; interpreted off TPU).
+
+    max_segment_length W (static): the caller guarantees that, in self-attention over packed
+    rows, every segment is one contiguous run of at most W tokens (the packer's rows with a
+    token budget of W). "xla" and "cudnn" then attend within 3W-key windows, not the whole
+    row: the same result for far less work when L ≫ W. Splash skips masked blocks itself.
     """
     if backend not in ATTENTION_BACKENDS:
         raise ValueError(
@@ -231,11 +281,20 @@ def attention(
         )
     if backend == "splash":
         return _splash_attention(q, k, v, q_segment_ids, kv_segment_ids, kv_mask).astype(q.dtype)
+    dense = _xla_attention if backend == "xla" else _cudnn_attention
+    if max_segment_length is not None:
+        if isinstance(max_segment_length, bool) or not isinstance(max_segment_length, int):
+            raise ValueError(f"max_segment_length must be a static int, got {max_segment_length!r}")
+        if max_segment_length < 1:
+            raise ValueError(f"max_segment_length must be ≥ 1, got {max_segment_length}")
+        if q.shape[1] != k.shape[1]:
+            raise ValueError("max_segment_length is for self-attention (L = M) over packed rows")
+        if 3 * max_segment_length < q.shape[1]:
+            return _local_attention(
+                q, k, v, q_segment_ids, kv_mask, max_segment_length, dense
+            ).astype(q.dtype)
     mask = segment_mask(q_segment_ids, kv_segment_ids, kv_mask)  # (B, L, M)
-    if backend == "xla":
-        out = _xla_attention(q, k, v, mask)
-    else:
-        out = jax.nn.dot_product_attention(q, k, v, mask=mask[:, None], implementation=None)
+    out = dense(q, k, v, mask)
     has_key = mask.any(axis=-1)[:, :, None, None]  # (B, L, 1, 1)
     return jnp.where(has_key, out, 0).astype(q.dtype)  # (B, L, N, K)
 
