@@ -35,13 +35,23 @@ def check_rows(grids, row_length: int, max_segments: int) -> None:
 # ---- The packed solve ----
 
 
-@functools.partial(jax.jit, static_argnames=("dit", "text_config", "num_steps"))
+@functools.partial(jax.jit, static_argnames=("dit", "text_config", "num_steps", "window"))
 def sample_packed_tokens(
-    params, batch, null_text, null_mask, guidance, *, dit: DiT, text_config, num_steps: int
+    params,
+    batch,
+    null_text,
+    null_mask,
+    guidance,
+    *,
+    dit: DiT,
+    text_config,
+    num_steps: int,
+    window: int | None = None,
 ):
     """Noise in a packed batch (DESIGN.md §4 keys noise, coords, segment_ids, text, text_mask)
     → clean latent tokens (B, L, P), zero at padding. Guidance uses the null text in every
-    segment slot of the doubled batch, as `generate.sample_tokens` does for single rows."""
+    segment slot of the doubled batch, as `generate.sample_tokens` does for single rows.
+    window: no request has more tokens than this (see DiT's max_segment_tokens)."""
     text, text_mask = batch["text"], batch["text_mask"]  # (B, S, M, ...), (B, S, M)
     text_both = jnp.concatenate([text, jnp.broadcast_to(null_text, text.shape)])
     mask_both = jnp.concatenate([text_mask, jnp.broadcast_to(null_mask, text_mask.shape)])
@@ -50,7 +60,16 @@ def sample_packed_tokens(
     segment_ids = jnp.concatenate([batch["segment_ids"], batch["segment_ids"]])  # (2B, L)
 
     def both(x_t, t):  # rows [0, B) conditioned, [B, 2B) on the null text
-        return dit.apply({"params": params["dit"]}, x_t, t, coords, segment_ids, states, mask_both)
+        return dit.apply(
+            {"params": params["dit"]},
+            x_t,
+            t,
+            coords,
+            segment_ids,
+            states,
+            mask_both,
+            max_segment_tokens=window,
+        )
 
     return sample_packed(both, batch["noise"], batch["segment_ids"], guidance, num_steps)
 
@@ -111,5 +130,6 @@ def sample_many_tokens(
         dit=dit,
         text_config=text_config,
         num_steps=steps,
+        window=max(int(np.prod(g)) for g in grids),  # the largest request: attention windows
     )
     return unpack(tokens, placements)
