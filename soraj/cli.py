@@ -170,8 +170,8 @@ def cache_latents_parser() -> argparse.ArgumentParser:
         "--batch-size",
         type=int,
         default=32,
-        help="clips per VAE call; the training batch size makes the latents bit-identical "
-        "to on-the-fly encoding (XLA picks conv algorithms by shape)",
+        help="captions per MiniLM call and clips per progress step; the VAE encodes one clip "
+        "per call, as training does, so cached latents equal on-the-fly ones bit for bit",
     )
     return parser
 
