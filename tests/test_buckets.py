@@ -6,8 +6,8 @@ import math
 import numpy as np
 import pytest
 
-from soraj.data import buckets
-from soraj.data.buckets import BucketTable, assign_bucket, bucket_batches, clip_tokens, pad_to_max
+from soraj.data.bucket_batches import bucket_batches, clip_tokens, native_tokens, pad_to_max
+from soraj.data.buckets import BucketTable, assign_bucket
 
 VAE, PATCH = (4, 8), (1, 2, 2)  # 16 pixels per patch side, T = 1 + 4k frames
 RESOLUTIONS = {"144p": 144 * 256, "240p": 240 * 426}
@@ -147,10 +147,10 @@ def test_clip_tokens_closed_form(ft, pt):
 
 def test_native_tokens_by_hand():
     # 33 frames capped at 17 -> 1 + 16/4 = 5 latent frames; 240 // 16 = 15, 426 // 16 = 26.
-    assert buckets.native_tokens((33, 240, 426), VAE, PATCH, 4096, 17) == 5 * 15 * 26
+    assert native_tokens((33, 240, 426), VAE, PATCH, 4096, 17) == 5 * 15 * 26
     # An image of 480 × 480 is 30 × 30 patches, or fewer when the budget is 400: 20 × 20.
-    assert buckets.native_tokens((1, 480, 480), VAE, PATCH, 4096, 17) == 900
-    assert buckets.native_tokens((1, 480, 480), VAE, PATCH, 400, 17) == 400
+    assert native_tokens((1, 480, 480), VAE, PATCH, 4096, 17) == 900
+    assert native_tokens((1, 480, 480), VAE, PATCH, 400, 17) == 400
 
 
 # ---- Batching and waste ----
@@ -195,7 +195,7 @@ def test_bucket_batches_against_a_naive_recount(partial):
     out = bucket_batches(shapes, VAE, PATCH, 4096, table, seed=3, partial=partial)
     replay = np.random.default_rng(3)
     assigned = {i: assign_bucket(s, table, replay) for i, s in enumerate(shapes)}
-    native = [buckets.native_tokens(s, VAE, PATCH, 4096, 17) for s in shapes]
+    native = [native_tokens(s, VAE, PATCH, 4096, 17) for s in shapes]
 
     seen, useful, padded, partial_buckets = [], 0, 0, []
     for bucket, members in out["batches"]:

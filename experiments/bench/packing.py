@@ -38,7 +38,8 @@ import numpy as np
 
 from soraj import optim, sharding
 from soraj.configs import t2v
-from soraj.data.buckets import BucketTable, bucket_batches, clip_tokens, pad_to_max
+from soraj.data.bucket_batches import bucket_batches, clip_tokens, pad_to_max
+from soraj.data.buckets import BucketTable
 from soraj.data.native_size import plan_native_size
 from soraj.data.packed_pipeline import PackedDataSpec, packed_dataset
 from soraj.generate import init_params
