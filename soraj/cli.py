@@ -149,6 +149,22 @@ def run_make_dataset(argv: list[str]):
     )
 
 
+def parse_canvases(text: str) -> tuple[tuple[int, int], ...]:
+    try:
+        return tuple(tuple(int(x) for x in c.split("x", 1)) for c in text.split(","))
+    except ValueError:
+        raise ValueError(
+            f"--canvases must be HxW,HxW,... (e.g. 32x64,64x32), got {text!r}"
+        ) from None
+
+
+def parse_patch(text: str) -> tuple[int, int, int]:
+    patch = tuple(int(x) for x in text.split(",")) if text.replace(",", "").isdigit() else ()
+    if len(patch) != 3 or min(patch) < 1:
+        raise ValueError(f"--patch must be three positive ints pt,ph,pw (e.g. 1,2,2), got {text!r}")
+    return patch
+
+
 def cache_latents_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="soraj cache-latents",
@@ -157,7 +173,16 @@ def cache_latents_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--vae", required=True, help="VAE export, generation bundle or workdir")
     parser.add_argument("--out", required=True, help="new folder for the cache")
-    parser.add_argument("--source", choices=["shapes"], default="shapes")
+    parser.add_argument(
+        "--source",
+        choices=["shapes", "shapes_canvases"],
+        default="shapes",
+        help="shapes: every clip --frames×--height×--width; shapes_canvases: clips on --canvases "
+        "cut to native size (soraj/data/native_size.py) within --token-budget patches of --patch",
+    )
+    parser.add_argument("--canvases", default="32x64,64x32", help="HxW,HxW,... (shapes_canvases)")
+    parser.add_argument("--token-budget", type=int, default=96, help="(shapes_canvases)")
+    parser.add_argument("--patch", default="1,2,2", help="the DiT's pt,ph,pw (shapes_canvases)")
     parser.add_argument("--num-clips", type=int, default=1000)
     parser.add_argument("--frames", type=int, default=9)
     parser.add_argument("--height", type=int, default=32)
@@ -184,22 +209,43 @@ def run_cache_latents(argv: list[str]):
             raise ValueError(f"--out {args.out} already exists; give a new directory")
         if args.batch_size < 1:
             raise ValueError(f"--batch-size must be a positive integer, got {args.batch_size}")
-        from soraj.data.latent_cache import shapes_description
+        from soraj.data.latent_cache import canvases_description, shapes_description
         from soraj.data.latent_cache_writer import write_latent_cache
         from soraj.data.shapes import ShapesSource
+        from soraj.data.shapes_canvases import ShapesCanvasSource
         from soraj.models.latent_codec import LatentCodec
         from soraj.models.text import MiniLMEncoder
         from soraj.train import resolve_vae
 
-        source = ShapesSource(
-            args.num_clips, args.frames, args.height, args.width, args.seed, args.split
-        )
-        description = shapes_description(
-            args.num_clips, args.frames, args.height, args.width, args.seed, args.split
-        )
+        if args.source == "shapes":
+            source = ShapesSource(
+                args.num_clips, args.frames, args.height, args.width, args.seed, args.split
+            )
+            description = shapes_description(
+                args.num_clips, args.frames, args.height, args.width, args.seed, args.split
+            )
+        else:
+            canvases = parse_canvases(args.canvases)
+            patch = parse_patch(args.patch)
+            source = ShapesCanvasSource(
+                args.num_clips, canvases, args.frames, args.seed, args.split
+            )
         vae_dir = resolve_vae(args.vae)
         codec = LatentCodec.load(vae_dir)
-        codec.check_shape(args.frames, args.height, args.width)
+        if args.source == "shapes":
+            codec.check_shape(args.frames, args.height, args.width)
+        else:
+            vae = codec.config
+            description = canvases_description(
+                args.num_clips,
+                args.frames,
+                canvases,
+                args.seed,
+                args.split,
+                args.token_budget,
+                (vae.temporal_factor, vae.spatial_factor),
+                patch,
+            )
         text_encoder = MiniLMEncoder(max_tokens=args.max_tokens) if args.text_states else None
         out = write_latent_cache(
             args.out, codec, source, description, args.batch_size, vae_dir, text_encoder

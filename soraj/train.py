@@ -15,7 +15,7 @@ import optax
 
 from soraj import checkpoint, optim, sharding
 from soraj.data.class_folder import ClassFolderSource
-from soraj.data.latent_cache import LatentCache, shapes_description
+from soraj.data.latent_cache import LatentCache, canvases_description, shapes_description
 from soraj.data.packed_pipeline import caption_from_bytes, packed_dataset, spec_from_config
 from soraj.data.shapes import ShapesSource
 from soraj.data.shapes_canvases import ShapesCanvasSource
@@ -186,6 +186,38 @@ def check_classes(config, source) -> None:
         )
 
 
+def cached_dataset_description(config, codec: LatentCodec, patch_size) -> dict:
+    """What a latent cache for this config must have been made from: the 'shapes' source at
+    its one size, or 'shapes_canvases' clips cut to native size once, at num_frames frames."""
+    data = config.data
+    if data.source == "shapes":
+        return shapes_description(
+            data.num_clips, data.num_frames, data.height, data.width, config.seed, data.split
+        )
+    if data.source != "shapes_canvases":
+        raise ValueError(
+            f"config.data.latent_cache is made from source 'shapes' or 'shapes_canvases', "
+            f"not {data.source!r}"
+        )
+    if not data.min_frames == data.max_frames == data.num_frames:
+        raise ValueError(
+            "a native-size latent cache holds one length per clip: set config.data.min_frames "
+            f"and max_frames to num_frames={data.num_frames} (they are {data.min_frames} and "
+            f"{data.max_frames})"
+        )
+    vae = codec.config
+    return canvases_description(
+        data.num_clips,
+        data.num_frames,
+        data.canvases,
+        config.seed,
+        data.split,
+        data.token_budget,
+        (vae.temporal_factor, vae.spatial_factor),
+        patch_size,
+    )
+
+
 def training_data(config, codec: LatentCodec, vae_dir: Path, text: TextConfig, patch_size, mesh):
     """(host batch iterator, BatchBuilder): packed rows of native-size clips encoded on the fly,
     or of the records of config.data.latent_cache, which must come from this VAE and this
@@ -193,11 +225,7 @@ def training_data(config, codec: LatentCodec, vae_dir: Path, text: TextConfig, p
     data = config.data
     null_text = None
     if data.latent_cache:
-        if data.source != "shapes":
-            raise ValueError("config.data.latent_cache is made from the 'shapes' source only")
-        dataset = shapes_description(
-            data.num_clips, data.num_frames, data.height, data.width, config.seed, data.split
-        )
+        dataset = cached_dataset_description(config, codec, patch_size)
         cache = LatentCache.open(data.latent_cache)
         cache.check_vae(codec, vae_dir)
         cache.check_source(dataset)

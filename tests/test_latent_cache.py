@@ -20,8 +20,8 @@ from soraj.train import training_data
 
 VAE_DIR = "experiments/shapes/checkpoint/vae"  # the shipped tiny VAE: ft = 4, fs = 4
 CLIPS = dict(num_clips=6, frames=5, height=16, width=16, seed=3)
-# Clips per VAE call while caching, = the training batch size (see _encoded_examples); the 6
-# clips give one full batch and one padded batch.
+# Captions per MiniLM call while caching and packed rows per training step; the 6 clips give
+# one full and one partial write batch.
 WRITE_BATCH = 4
 
 
@@ -134,6 +134,36 @@ def test_cached_and_online_batches_are_identical(cache_dir, codec, encoder):
             assert cached[step][key].dtype == online[step][key].dtype, key
 
 
+@pytest.mark.parametrize("encoder", ["minilm"])
+def test_native_size_cache_gives_the_online_batches(tmp_path, codec, encoder):
+    # Wide and tall canvases, each clip cut once by the native-size policy when cached: with
+    # every length at num_frames and every clip within the budget, online training cuts the
+    # same clips, so the packed batches must match bit for bit.
+    out = tmp_path / "native_latents"
+    argv = ["cache-latents", "--vae", VAE_DIR, "--out", str(out), "--text-states"]
+    argv += ["--source", "shapes_canvases", "--canvases", "16x32,32x16", "--token-budget", "16"]
+    argv += ["--num-clips", "6", "--frames", "5", "--seed", "3", "--batch-size", "4"]
+    cli.main(argv)
+    records = LatentCache.open(out).source(text_states=True)
+    assert {records[i]["latents"].shape for i in range(6)} == {(2, 4, 8, 8), (2, 8, 4, 8)}
+
+    def config(cache):
+        c = train_config(cache, encoder)
+        c.data.update(source="shapes_canvases", canvases=((16, 32), (32, 16)), token_budget=16)
+        return c
+
+    online_host, online = batches(config(""), codec, 3)
+    cached_host, cached = batches(config(out), codec, 3)
+    for step in range(3):
+        np.testing.assert_array_equal(cached_host[step]["grid"], online_host[step]["grid"])
+        for key in online[step]:
+            np.testing.assert_array_equal(cached[step][key], online[step][key], err_msg=key)
+    wrong = config(out)
+    wrong.data.token_budget = 24
+    with pytest.raises(ValueError, match="token_budget: cache 16, config 24"):
+        batches(wrong, codec, 1)
+
+
 # ---- Refusals ---------------------------------------------------------------------------------
 
 
@@ -177,6 +207,8 @@ def test_cache_of_another_dataset_or_text_length_is_refused(cache_dir, codec, tm
         (dict(batch_size=0), "--batch-size must be a positive integer"),
         (dict(frames=6), "num_frames must be 1 \\+ 4·k"),
         (dict(num_clips=0), "num_clips must be an integer >= 1"),
+        (dict(source="shapes_canvases", canvases="32by64"), "--canvases must be HxW"),
+        (dict(source="shapes_canvases", patch="1,2"), "--patch must be three positive ints"),
     ],
 )
 def test_cli_rejects_bad_input(tmp_path, overrides, message):

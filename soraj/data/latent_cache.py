@@ -53,6 +53,25 @@ def shapes_description(num_clips, num_frames, height, width, seed, split) -> dic
     )
 
 
+def canvases_description(
+    num_clips, num_frames, canvases, seed, split, token_budget, vae_factors, patch_size
+) -> dict:
+    """The fields that make a native-size cache of ShapesCanvasSource clips: each clip was cut
+    by the native-size policy (soraj/data/native_size.py) to num_frames frames within
+    token_budget patches of patch_size, once, when the cache was written."""
+    return dict(
+        source="shapes_canvases",
+        num_clips=int(num_clips),
+        num_frames=int(num_frames),
+        canvases=[[int(h), int(w)] for h, w in canvases],
+        seed=int(seed),
+        split=split,
+        token_budget=int(token_budget),
+        vae_factors=[int(f) for f in vae_factors],
+        patch_size=[int(p) for p in patch_size],
+    )
+
+
 # ---- Reading ----------------------------------------------------------------------------------
 
 

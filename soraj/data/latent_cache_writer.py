@@ -21,6 +21,7 @@ from soraj.data.latent_cache import (
     RECORDS_DIR,
     vae_fingerprint,
 )
+from soraj.data.native_size import apply_native_size_plan, plan_native_size
 from soraj.models.latent_codec import encode_clip
 
 STAGING_SUFFIX = ".cache-latents-tmp"
@@ -66,7 +67,12 @@ class LatentCacheBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True
 
 def _features(latent_shape, text_shape) -> tfds.features.FeaturesDict:
     features = {
-        "latents": tfds.features.Tensor(shape=tuple(latent_shape), dtype=np.float32),
+        # Native-size caches have a (T', H', W') per clip; TFDS stores those as raw bytes.
+        "latents": tfds.features.Tensor(
+            shape=tuple(latent_shape),
+            dtype=np.float32,
+            encoding="bytes" if None in latent_shape else "none",
+        ),
         "caption": tfds.features.Text(),
         "index": tfds.features.Scalar(dtype=np.int64),
     }
@@ -79,13 +85,40 @@ def _features(latent_shape, text_shape) -> tfds.features.FeaturesDict:
 # ---- Encoding ---------------------------------------------------------------------------------
 
 
-def _encoded_examples(codec, source, batch_size, text_encoder):
-    """(index, example) pairs: each clip through training's own one-clip encode (encode_clip),
-    so the cache holds bit for bit what on-the-fly encoding computes; captions go to the text
-    encoder batch_size at a time."""
+def native_size_cut(description: dict):
+    """For a native-size cache: clip i → the clip the native-size policy cuts from it, with the
+    description's frames (all of them), token budget and patches; None for fixed-size caches."""
+    if "token_budget" not in description:
+        return None
+    frames = description["num_frames"]
+
+    def cut(index: int, video: np.ndarray) -> np.ndarray:
+        rng = np.random.default_rng((description["seed"], index))
+        plan = plan_native_size(
+            video.shape[:3],
+            description["vae_factors"],
+            description["patch_size"],
+            description["token_budget"],
+            frames,
+            rng,
+            min_frames=frames,
+        )
+        return apply_native_size_plan(video, plan)
+
+    return cut
+
+
+def _encoded_examples(codec, source, batch_size, text_encoder, cut=None):
+    """(index, example) pairs: each clip (cut by `cut(index, video)` when given) through
+    training's own one-clip encode (encode_clip), so the cache holds bit for bit what
+    on-the-fly encoding computes; captions go to the text encoder batch_size at a time."""
     for start in tqdm(range(0, len(source), batch_size), desc="encoding", unit="batch"):
-        items = [source[i] for i in range(start, min(start + batch_size, len(source)))]
-        latents = [np.asarray(encode_clip(codec, x["video"])) for x in items]  # (T', H', W', C)
+        indices = range(start, min(start + batch_size, len(source)))
+        items = [source[i] for i in indices]
+        videos = [x["video"] for x in items]
+        if cut is not None:
+            videos = [cut(i, v) for i, v in zip(indices, videos, strict=True)]
+        latents = [np.asarray(encode_clip(codec, v)) for v in videos]  # (T', H', W', C) each
         captions = [str(x["caption"]) for x in items]
         if text_encoder is not None:
             states, mask = text_encoder.encode(captions)  # (B, M, E), (B, M)
@@ -108,13 +141,18 @@ def write_latent_cache(
         raise ValueError(f"batch size must be a positive int, got {batch_size!r}")
     if text_encoder is not None and text_encoder.trainable:
         raise ValueError("only a frozen text encoder's states can be cached (minilm), not bytes")
-    size = (description["num_frames"], description["height"], description["width"])
-    codec.check_shape(*size)
+    cut = native_size_cut(description)
+    if cut is None:  # every clip has the description's size
+        size = (description["num_frames"], description["height"], description["width"])
+        codec.check_shape(*size)
+        latent_shape = list(codec.latent_shape(*size))  # (T', H', W', C)
+    else:  # each clip keeps its own (T', H', W')
+        latent_shape = [None, None, None, codec.config.latent_channels]
     vae_stored = checkpoint.load_export_config(vae_dir)
     metadata = {
         "format": FORMAT,
         "num_records": len(source),
-        "latent_shape": list(codec.latent_shape(*size)),  # (T', H', W', C)
+        "latent_shape": latent_shape,
         "latent_dtype": "float32",
         "encode_batch_size": batch_size,
         "source": description,
@@ -143,7 +181,7 @@ def write_latent_cache(
     tfds.display_progress_bar(False)  # the encoding bar says all there is
     builder = LatentCacheBuilder(
         features=_features(metadata["latent_shape"], text_shape),
-        examples=_encoded_examples(codec, source, batch_size, text_encoder),
+        examples=_encoded_examples(codec, source, batch_size, text_encoder, cut),
         data_dir=str(staging / RECORDS_DIR),
         file_format="array_record",
     )
