@@ -196,8 +196,11 @@ def bucket_grid(bucket) -> tuple[int, int, int]:
 class Stepper:
     """The jitted train_step of one small DiT, timed one call at a time."""
 
-    def __init__(self, text: TextConfig, width: int, depth: int, heads: int, mesh):
+    def __init__(self, text: TextConfig, width: int, depth: int, heads: int, mesh, token_budget):
         config = t2v.get_config("tiny")  # optimizer and diffusion settings of CPU training
+        # As the trainer does: no sample exceeds token_budget, so self-attention runs in
+        # windows of 3 × token_budget keys (layers.attention) wherever a row is longer.
+        config.data.token_budget = token_budget
         self.dit = DiT(
             DiTConfig(
                 width=width,
@@ -328,7 +331,7 @@ def main():
 
     # ---- Step timing: packed, bucket and pad-to-max batches, plus the loader ----
     mesh = sharding.make_mesh()
-    stepper = Stepper(text, *args.dit, mesh)
+    stepper = Stepper(text, *args.dit, mesh, args.token_budget)
     build = BatchBuilder(None, mesh)
     iterator = iter(packed_dataset(records, spec, codec=None, null_text=records.null_text))
     host_pool = [next(iterator) for _ in range(4)]
@@ -443,6 +446,7 @@ def main():
         "patch_size": list(PATCH),
         "latent_channels": CHANNELS,
         "token_budget": args.token_budget,
+        "attention_window": args.token_budget,  # train_step's max_segment_tokens
         "max_frames": args.max_frames,
         "row_length": args.row_length,
         "max_segments": args.max_segments,
