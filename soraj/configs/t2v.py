@@ -2,6 +2,8 @@
 
 import ml_collections
 
+from soraj.configs import scale_out
+
 # Per preset: the DiT preset, the clips (frames, height, width) and the batch size.
 # Per preset: the DiT preset, the default clip (frames, height, width), the packed rows
 # (batch_size rows of row_length tokens, at most max_segments samples each) and the token budget
@@ -79,7 +81,12 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
     config.model.mlp_ratio = dit.mlp_ratio
     config.model.patch_size = tuple(dit.patch_size)
     config.model.attention_backend = dit.attention_backend
-    config.model.dtype = "float32"
+    config.model.dtype = "float32"  # compute dtype ("float32" | "bfloat16"); params stay f32
+    # Scale-out switches (soraj/models/dit.py): scan_blocks runs the blocks as one nn.scan (one
+    # compiled block, stacked params); remat recomputes activations in the backward pass
+    # ("none" | "full" | "dots_saveable", see DiT.REMAT_POLICIES).
+    config.model.scan_blocks = False
+    config.model.remat = "none"
     # "class": a label embedding in adaLN in place of text, for class-conditional benchmarks
     # (UCF-101 style: --config.data.source=class_folder --config.data.root=DIR); num_classes
     # must equal the folder's class count. The caption dropout then drops labels to the null.
@@ -167,6 +174,7 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
         "The background is black."
     )
 
+    scale_out.add_fields(config)
     config.total_steps = 5000
     config.log_every = 50
     config.save_every = 500

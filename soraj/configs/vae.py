@@ -16,6 +16,8 @@ The real-footage configs are sized for one GPU. A CPU smoke run of one needs sma
 import ml_collections
 from ml_collections import config_dict
 
+from soraj.configs import scale_out
+
 # Shapes configs, one video shape + images: the clips per preset (frames, height, width) and
 # the batch size.
 _SHAPES_DATA = {
@@ -104,6 +106,7 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
     config.save_every = 500
     config.sample_every = 1000
     config.keep_checkpoints = 2
+    scale_out.add_fields(config)
     config.num_stats_batches = 16  # steps whose batches give the latent shift/scale at the end
 
     if arg in _SHAPES_DATA:
