@@ -30,8 +30,22 @@ def make_optimizer(optim: ml_collections.ConfigDict) -> optax.GradientTransforma
             weight_decay=optim.weight_decay,
         ),
     )
-    # apply_if_finite wraps the clipping too, so a NaN gradient never reaches the moments.
-    return optax.apply_if_finite(chain, max_consecutive_errors=10)
+    # apply_if_finite wraps the clipping too, so a NaN gradient never reaches the moments. Its
+    # "give up and apply after N errors" is set out of reach: the trainer counts the streak
+    # (nonfinite_counts) and stops the run after config.max_nonfinite_steps instead.
+    return optax.apply_if_finite(chain, max_consecutive_errors=NEVER_APPLY_NONFINITE)
+
+
+# optax applies once its int32 streak counter exceeds this; the counter saturates at it.
+NEVER_APPLY_NONFINITE = 2**31 - 1
+
+
+def nonfinite_counts(opt_state) -> dict:
+    """{"nonfinite_streak": consecutive skipped steps, "skipped_steps": skipped in the run}."""
+    return {
+        "nonfinite_streak": opt_state.notfinite_count,
+        "skipped_steps": opt_state.total_notfinite,
+    }
 
 
 def ema_update(ema_params, params, decay: float):

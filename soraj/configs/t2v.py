@@ -137,6 +137,10 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
     )
     config.data.max_bad_record_ratio = 0.01  # the job stops when more records than this are bad
     config.data.workers = 0  # grain worker processes that read and cut clips
+    # Logical data shards (soraj/data/data_shards.py): the global batch is shard 0's rows, then
+    # shard 1's, ...; each process reads its own shards, so the same run gives the same batches
+    # on any process count dividing `shards`. 0: one shard per process.
+    config.data.shards = 0
     # A `soraj cache-latents` folder made from this dataset by config.vae_checkpoint: training
     # reads its latents (and text states, if cached) instead of encoding each batch. "" = online.
     config.data.latent_cache = ""

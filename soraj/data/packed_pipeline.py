@@ -308,25 +308,29 @@ class PackedRow:
 # ---- The pipeline ----
 
 
-def host_shard(dataset: grain.MapDataset) -> grain.MapDataset:
-    """This process's records: an equal share for every host, the remainder dropped."""
-    shard = grain.sharding.ShardByJaxProcess(drop_remainder=True)
-    per_host = len(dataset) // shard.shard_count
-    if per_host < 1:
+def host_shard(dataset: grain.MapDataset, shard: grain.sharding.ShardOptions | None = None):
+    """One shard's records (this process's by default): an equal share for every shard, the
+    remainder dropped."""
+    shard = shard or grain.sharding.ShardByJaxProcess(drop_remainder=True)
+    per_shard = len(dataset) // shard.shard_count
+    if per_shard < 1:
         raise ValueError(
-            f"{len(dataset)} records cannot give each of {shard.shard_count} hosts one record"
+            f"{len(dataset)} records cannot give each of {shard.shard_count} data shards one record"
         )
-    return dataset[shard.shard_index : per_host * shard.shard_count : shard.shard_count]
+    return dataset[shard.shard_index : per_shard * shard.shard_count : shard.shard_count]
 
 
-def packed_dataset(source, spec: PackedDataSpec, codec, null_text=None) -> grain.IterDataset:
-    """The infinite, deterministic, checkpointable IterDataset of host-local packed batches:
+def packed_dataset(
+    source, spec: PackedDataSpec, codec, null_text=None, shard=None
+) -> grain.IterDataset:
+    """The infinite, deterministic, checkpointable IterDataset of packed batches of one data
+    shard (grain ShardOptions; default: this process's):
     latents (B, L, P), coords (B, L, 3), segment_ids (B, L), cond_mask (B, L), grid (B, S, 3),
     caption (B, S, CAPTION_BYTES) or text (B, S, M, E) + text_mask (B, S, M), replaced (B, S),
     and the run totals bad_records and records."""
     unit_h, unit_w = (spec.vae_factors[1] * p for p in spec.patch_size[1:])
     records = ReplacingSource(source, check_clip(unit_h, unit_w))
-    dataset = host_shard(grain.MapDataset.source(records))
+    dataset = host_shard(grain.MapDataset.source(records), shard)
     dataset = dataset.shuffle(seed=spec.seed).repeat()
     dataset = dataset.random_map(PrepareExample(spec, null_text), seed=spec.seed + 1)
     stream = dataset.to_iter_dataset(grain.ReadOptions(num_threads=2, prefetch_buffer_size=4))
