@@ -10,14 +10,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
+from orbax.checkpoint import checkpoint_managers
 
 EXPORT_CONFIG = "config.json"
 EXPORT_PARAMS = "params"
+# What one training step stores: the TrainState arrays, the data iterator position (JSON) and
+# the run's description (JSON). A step missing any of them is refused, never partly loaded.
+TRAINING_ITEMS = ("state", "data", "metadata")
 
 
 # ---- Checking what is stored against what is expected ---------------------------------------
-# Orbax restores whatever shapes were saved, whatever the target says, so a checkpoint from a
-# different model would load "successfully". Every restore compares the trees first.
+# Orbax restores whatever shapes were saved, whatever the target says, and casts dtypes, so a
+# checkpoint from a different model would load "successfully". Every restore compares first.
 
 
 def _key_name(key) -> str:
@@ -27,31 +31,32 @@ def _key_name(key) -> str:
     return str(key)
 
 
-def _stored_shape(leaf) -> tuple:
+def _stored_signature(leaf) -> tuple[tuple, str]:
     # Typed PRNG keys are stored as their raw key data, which has trailing key dimensions.
     if jax.dtypes.issubdtype(getattr(leaf, "dtype", None), jax.dtypes.prng_key):
-        return tuple(jax.eval_shape(jax.random.key_data, leaf).shape)
-    return tuple(leaf.shape)
+        data = jax.eval_shape(jax.random.key_data, leaf)
+        return tuple(data.shape), jnp.dtype(data.dtype).name
+    return tuple(leaf.shape), jnp.dtype(leaf.dtype).name
 
 
-def _shapes_by_path(tree) -> dict[str, tuple]:
+def _signatures_by_path(tree) -> dict[str, tuple]:
     leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
-    return {"/".join(_key_name(k) for k in path): _stored_shape(leaf) for path, leaf in leaves}
+    return {"/".join(_key_name(k) for k in path): _stored_signature(leaf) for path, leaf in leaves}
 
 
 def tree_differences(stored, expected) -> list[str]:
     """Human-readable differences between two trees of shaped leaves (empty: they match)."""
-    stored, expected = _shapes_by_path(stored), _shapes_by_path(expected)
+    stored, expected = _signatures_by_path(stored), _signatures_by_path(expected)
     differences = [
-        f"missing {path} {shape}" for path, shape in expected.items() if path not in stored
+        f"missing {path} {shape}" for path, (shape, _) in expected.items() if path not in stored
     ]
     differences += [
-        f"unexpected {path} {shape}" for path, shape in stored.items() if path not in expected
+        f"unexpected {path} {shape}" for path, (shape, _) in stored.items() if path not in expected
     ]
     differences += [
-        f"{path}: stored {stored[path]}, expected {shape}"
-        for path, shape in expected.items()
-        if path in stored and stored[path] != shape
+        f"{path}: stored {stored[path][0]} {stored[path][1]}, expected {shape} {dtype}"
+        for path, (shape, dtype) in expected.items()
+        if path in stored and stored[path] != (shape, dtype)
     ]
     return differences
 
@@ -66,13 +71,57 @@ def check_tree_matches(stored, expected, where) -> None:
         )
 
 
+def _is_float(leaf) -> bool:
+    dtype = getattr(leaf, "dtype", None)
+    return isinstance(leaf, float) if dtype is None else jnp.issubdtype(dtype, jnp.inexact)
+
+
+@jax.jit
+def _all_finite(leaves):  # one bool per leaf, in one dispatch however many leaves there are
+    return jnp.stack([jnp.all(jnp.isfinite(leaf)) for leaf in leaves])
+
+
+def check_finite(state, step: int) -> None:
+    """Raises FloatingPointError naming the first float leaf holding a NaN or Inf."""
+    named = [
+        ("/".join(_key_name(k) for k in path), leaf)
+        for path, leaf in jax.tree_util.tree_flatten_with_path(state)[0]
+        if _is_float(leaf)
+    ]
+    if not named:
+        return
+    finite = np.asarray(jax.device_get(_all_finite([leaf for _, leaf in named])))
+    if not finite.all():
+        bad = [path for (path, _), ok in zip(named, finite, strict=True) if not ok]
+        raise FloatingPointError(
+            f"refusing to checkpoint step {step}: state leaf {bad[0]} holds NaN or Inf "
+            f"({len(bad)} non-finite leaves in all); the last saved checkpoint is kept as it is"
+        )
+
+
 # ---- Training checkpoints -------------------------------------------------------------------
+# Orbax writes each step into `<step>.orbax-checkpoint-tmp-*` and renames it to `<step>` only
+# once every item is complete (on object stores it writes commit_success.txt last instead), so
+# a save cut short by a crash or SIGKILL is invisible to latest_step() and never restored.
 
 
-def make_manager(workdir: str | os.PathLike, keep: int, save_every: int) -> ocp.CheckpointManager:
-    """A manager over WORKDIR/checkpoints with async saves; restart continues from the latest."""
+def make_manager(
+    workdir: str | os.PathLike, keep: int, save_every: int, keep_period: int = 0
+) -> ocp.CheckpointManager:
+    """A manager over WORKDIR/checkpoints with async saves that keeps the last `keep` steps plus
+    every step divisible by `keep_period` (0: none); restart continues from the latest."""
+    for name, value, least in (("keep", keep, 1), ("save_every", save_every, 1)):
+        if int(value) < least:
+            raise ValueError(f"{name} must be an integer >= {least}, got {value}")
+    if int(keep_period) < 0:
+        raise ValueError(f"keep_period must be 0 (keep no extra steps) or >= 1, got {keep_period}")
+    policies = [checkpoint_managers.LatestN(n=int(keep))]
+    if keep_period:
+        policies.append(checkpoint_managers.EveryNSteps(interval_steps=int(keep_period)))
     options = ocp.CheckpointManagerOptions(
-        max_to_keep=keep, save_interval_steps=save_every, enable_async_checkpointing=True
+        save_interval_steps=int(save_every),
+        enable_async_checkpointing=True,
+        preservation_policy=checkpoint_managers.AnyPreservationPolicy(policies),
     )
     directory = Path(workdir).absolute() / "checkpoints"
     # Handlers are named up front so a new process can read item metadata before restoring.
@@ -85,7 +134,16 @@ def make_manager(workdir: str | os.PathLike, keep: int, save_every: int) -> ocp.
 
 
 def save_train_state(manager, step: int, state, data_state: dict, metadata: dict, force=False):
-    """Saves state, the data iterator position and metadata as one step (async)."""
+    """Saves state, the data iterator position and metadata as one step (async). Checks first,
+    writing nothing, that every float leaf is finite and the two dicts are JSON."""
+    check_finite(state, step)
+    for name, value in (("data_state", data_state), ("metadata", metadata)):
+        try:
+            json.dumps(value)
+        except (TypeError, ValueError) as error:
+            raise ValueError(
+                f"{name} must be JSON-serialisable to be checkpointed: {error}"
+            ) from error
     args = ocp.args.Composite(
         state=ocp.args.StandardSave(state),
         data=ocp.args.JsonSave(data_state),
@@ -94,15 +152,40 @@ def save_train_state(manager, step: int, state, data_state: dict, metadata: dict
     return manager.save(step, args=args, force=force)
 
 
+def _unreadable(where: str, error: Exception, remedy: str) -> ValueError:
+    # Tensorstore errors end with a long JSON spec of the store; the file they name comes first.
+    message = str(error).split(" [tensorstore_spec=")[0][:600]
+    return ValueError(
+        f"checkpoint {where} could not be read (a file is missing, truncated or corrupt): "
+        f"{type(error).__name__}: {message}; {remedy}"
+    )
+
+
 def restore_train_state(manager, abstract_state):
-    """Returns (state, data_state, step) of the latest complete checkpoint, or None."""
+    """Returns (state, data_state, step) of the latest complete checkpoint, or None if there is
+    none. Leaves of abstract_state that carry a `.sharding` are restored straight onto it (so a
+    run can resume on another mesh); a missing, mismatched or unreadable item is a ValueError."""
     step = manager.latest_step()
     if step is None:
         return None
-    stored = manager.item_metadata(step)
-    if stored is None or stored.get("state") is None:
-        raise ValueError(f"checkpoint {manager.directory}/{step} has no 'state' item")
-    check_tree_matches(stored["state"], abstract_state, f"{manager.directory}/{step}")
+    where = f"{manager.directory}/{step}"
+    others = [s for s in manager.all_steps() if s != step]
+    remedy = (
+        f"move that folder aside to resume from step {max(others)}"
+        if others
+        else "no other complete checkpoint exists; move the folder aside to start fresh"
+    )
+    try:
+        stored = manager.item_metadata(step)
+    except Exception as error:  # orbax/tensorstore raise several types for damaged files
+        raise _unreadable(where, error, remedy) from error
+    missing = [name for name in TRAINING_ITEMS if name not in stored.keys()]
+    if missing or stored["state"] is None:
+        raise ValueError(
+            f"checkpoint {where} is incomplete: item(s) {missing or ['state']} missing or "
+            f"unreadable (found {sorted(stored.keys())}, need {list(TRAINING_ITEMS)}); {remedy}"
+        )
+    check_tree_matches(stored["state"].tree, abstract_state, where)
     args = ocp.args.Composite(
         state=ocp.args.StandardRestore(abstract_state),
         data=ocp.args.JsonRestore(),
@@ -110,21 +193,24 @@ def restore_train_state(manager, abstract_state):
     )
     try:
         restored = manager.restore(step, args=args)
-    except (ValueError, KeyError, TypeError) as error:
-        raise ValueError(
-            f"checkpoint {manager.directory}/{step} does not match this config "
-            f"(shapes or items differ): {error}"
-        ) from error
+    except Exception as error:
+        raise _unreadable(where, error, remedy) from error
     return restored.state, restored.data, step
 
 
 def restore_or_init(manager, init_state, rng, out_sharding):
-    """(state, data_state, start_step): the latest checkpoint's, or a fresh state made by the
-    jitted init_state(rng) straight into out_sharding, with data_state None and step 0."""
-    restored = restore_train_state(manager, jax.eval_shape(init_state, rng))
+    """(state, data_state, start_step): the latest checkpoint's, restored onto out_sharding, or
+    a fresh state made by the jitted init_state(rng) straight into out_sharding, with data_state
+    None and step 0. Only a run with no complete checkpoint at all starts fresh."""
+    init = jax.jit(init_state, out_shardings=out_sharding)
+    restored = restore_train_state(manager, jax.eval_shape(init, rng))
     if restored is not None:
         return restored
-    return jax.jit(init_state, out_shardings=out_sharding)(rng), None, 0
+    directory = manager.directory  # an epath: local folders and gs:// alike
+    unfinished = sorted(p.name for p in directory.iterdir()) if directory.is_dir() else []
+    if unfinished:
+        print(f"no complete checkpoint in {directory}; ignoring unfinished saves {unfinished}")
+    return init(rng), None, 0
 
 
 def training_metadata(config, mesh) -> dict:
