@@ -54,9 +54,14 @@ def tree_differences(stored, expected) -> list[str]:
         f"unexpected {path} {shape}" for path, (shape, _) in stored.items() if path not in expected
     ]
     differences += [
-        f"{path}: stored {stored[path][0]} {stored[path][1]}, expected {shape} {dtype}"
-        for path, (shape, dtype) in expected.items()
-        if path in stored and stored[path] != (shape, dtype)
+        f"{path}: stored {stored[path][0]}, expected {shape}"
+        for path, (shape, _) in expected.items()
+        if path in stored and stored[path][0] != shape
+    ]
+    differences += [
+        f"{path}: stored dtype {stored[path][1]}, expected {dtype}"
+        for path, (_, dtype) in expected.items()
+        if path in stored and stored[path][1] != dtype
     ]
     return differences
 
