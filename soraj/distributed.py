@@ -17,6 +17,7 @@ on localhost, gloo CPU collectives):
   notices; its peers wait in the collective. Only `StepWatchdog` ends it.
 """
 
+import contextlib
 import faulthandler
 import os
 import sys
@@ -158,7 +159,9 @@ class StepWatchdog:
                 f"step timeout must be a number of seconds ≥ 0 (0: off), got {timeout_s!r}"
             )
         self.timeout_s, self.describe = float(timeout_s), describe
-        self._step, self._started = None, 0.0  # replaced together as one tuple write
+        # (step, monotonic start) of the running step, or None between steps. One attribute,
+        # so the watching thread never sees a step paired with another step's start.
+        self._current = None
         self._stop = threading.Event()
         self._thread = None
         if self.timeout_s > 0:
@@ -166,14 +169,19 @@ class StepWatchdog:
             self._thread.start()
 
     def step_started(self, step: int) -> None:
-        self._started, self._step = time.monotonic(), step
+        self._current = (step, time.monotonic())
 
     def step_finished(self) -> None:
-        self._step = None
+        self._current = None
 
-    def step(self, step: int) -> "_StepScope":
+    @contextlib.contextmanager
+    def step(self, step: int):
         """`with watchdog.step(k): ...` times one step."""
-        return _StepScope(self, step)
+        self.step_started(step)
+        try:
+            yield
+        finally:
+            self.step_finished()
 
     def close(self) -> None:
         self._stop.set()
@@ -183,9 +191,10 @@ class StepWatchdog:
     def _watch(self) -> None:
         poll = min(1.0, self.timeout_s / 10)
         while not self._stop.wait(poll):
-            step, started = self._step, self._started
-            if step is None or time.monotonic() - started <= self.timeout_s:
+            current = self._current
+            if current is None or time.monotonic() - current[1] <= self.timeout_s:
                 continue
+            step, started = current
             print(
                 f"StepWatchdog: {self.describe} {step} on {_this_process()} has run "
                 f"{time.monotonic() - started:.1f} s, over the step timeout of {self.timeout_s:g} "
@@ -196,19 +205,6 @@ class StepWatchdog:
             )
             faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
             _exit_now(STEP_TIMEOUT_EXIT_CODE)
-
-
-class _StepScope:
-    def __init__(self, watchdog: StepWatchdog, step: int):
-        self.watchdog, self.number = watchdog, step
-
-    def __enter__(self):
-        self.watchdog.step_started(self.number)
-        return self
-
-    def __exit__(self, *exc):
-        self.watchdog.step_finished()
-        return False
 
 
 # ---- Failure propagation ----------------------------------------------------------------------

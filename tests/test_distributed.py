@@ -140,6 +140,38 @@ def test_hanging_process_is_ended_by_the_step_watchdog(tmp_path):
         assert result["ended"] - failure["time"] < step_timeout + EXIT_BOUND
 
 
+WATCHDOG_PROGRAM = """
+import sys, time
+from soraj.distributed import StepWatchdog
+watchdog = StepWatchdog(1.0, "eval step")
+for step in range(7):  # 7 steps of 0.2 s: 1.4 s in all, but each well under the timeout
+    with watchdog.step(step):
+        time.sleep(0.2)
+print("short steps passed", flush=True)
+time.sleep(1.5)  # between steps nothing is timed
+watchdog.step_started(7)
+time.sleep(30)
+print("not reached", flush=True)
+"""
+
+
+def test_watchdog_times_each_step_and_exits_with_its_code():
+    started = time.time()
+    result = subprocess.run(
+        [sys.executable, "-c", WATCHDOG_PROGRAM],
+        capture_output=True,
+        text=True,
+        timeout=LAUNCH_DEADLINE,
+        cwd=WORKER.parent.parent,
+        env=dict(os.environ, JAX_PLATFORMS="cpu"),
+    )
+    assert result.returncode == distributed.STEP_TIMEOUT_EXIT_CODE, result.stderr[-3000:]
+    assert result.stdout.splitlines() == ["short steps passed"]
+    assert "eval step 7 on process 0 has run" in result.stderr
+    assert "over the step timeout of 1 s" in result.stderr
+    assert time.time() - started < 20
+
+
 # ---- Validation (no processes started) -------------------------------------------------------
 
 
