@@ -157,6 +157,16 @@ def save_train_state(manager, step: int, state, data_state: dict, metadata: dict
     return manager.save(step, args=args, force=force)
 
 
+def _check_shardable(abstract_state) -> None:
+    for path, leaf in jax.tree_util.tree_flatten_with_path(abstract_state)[0]:
+        sharding = getattr(leaf, "sharding", None)
+        try:
+            sharding is None or sharding.shard_shape(leaf.shape)
+        except ValueError as error:
+            name = "/".join(_key_name(k) for k in path)
+            raise ValueError(f"cannot restore {name} onto its target sharding: {error}") from None
+
+
 def _unreadable(where: str, error: Exception, remedy: str) -> ValueError:
     # Tensorstore errors end with a long JSON spec of the store; the file they name comes first.
     message = str(error).split(" [tensorstore_spec=")[0][:600]
@@ -191,6 +201,7 @@ def restore_train_state(manager, abstract_state):
             f"unreadable (found {sorted(stored.keys())}, need {list(TRAINING_ITEMS)}); {remedy}"
         )
     check_tree_matches(stored["state"].tree, abstract_state, where)
+    _check_shardable(abstract_state)
     args = ocp.args.Composite(
         state=ocp.args.StandardRestore(abstract_state),
         data=ocp.args.JsonRestore(),
@@ -216,6 +227,18 @@ def restore_or_init(manager, init_state, rng, out_sharding):
     if unfinished:
         print(f"no complete checkpoint in {directory}; ignoring unfinished saves {unfinished}")
     return init(rng), None, 0
+
+
+def restore_metadata(manager, step: int) -> dict:
+    """The metadata item (config, mesh, code version) of a saved step."""
+    where = f"{manager.directory}/{step}"
+    if step not in manager.all_steps():
+        raise ValueError(f"no complete checkpoint {where}; saved steps: {manager.all_steps()}")
+    args = ocp.args.Composite(metadata=ocp.args.JsonRestore())
+    try:
+        return manager.restore(step, args=args).metadata
+    except Exception as error:
+        raise _unreadable(where, error, "its metadata item is missing or damaged") from error
 
 
 def training_metadata(config, mesh) -> dict:
