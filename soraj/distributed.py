@@ -15,8 +15,12 @@ on localhost, gloo CPU collectives):
   whole shutdown timeout (300 s by default) before everyone aborts. `run_main` skips that hook.
 - A process that hangs keeps sending heartbeats (a C++ thread does it), so nothing in JAX
   notices; its peers wait in the collective. Only `StepWatchdog` ends it.
+So a failure `run_main` or the watchdog sees is also written to every peer's key in the
+coordination service's key-value store, where a thread of each peer waits for it: the peers
+exit at once instead of after heartbeat_timeout. A killed process still relies on heartbeats.
 """
 
+import atexit
 import contextlib
 import faulthandler
 import os
@@ -40,7 +44,11 @@ ENV_COORDINATOR_ADDRESS = "JAX_COORDINATOR_ADDRESS"
 ENV_NUM_PROCESSES = "JAX_NUM_PROCESSES"
 ENV_PROCESS_ID = "JAX_PROCESS_ID"
 
-_process_id = None  # this process's id once initialize() has started jax.distributed
+# One key per process in the coordination service: a peer's failure notice, or EXIT_NOTICE
+# that its own failure monitor may stop because the process is ending normally.
+FAILURE_KEY = "soraj/failure/{}"
+EXIT_NOTICE = "exit"
+COORDINATOR_GRACE_S = 2.0
 
 
 # ---- Start-up ---------------------------------------------------------------------------------
@@ -61,7 +69,6 @@ def initialize(distributed_config: ml_collections.ConfigDict) -> None:
     # it unset, and then a psum across processes fails. Only the CPU backend reads it.
     if jax.config.jax_cpu_collectives_implementation is None:
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    global _process_id
     try:
         jax.distributed.initialize(
             coordinator_address=address,
@@ -77,7 +84,7 @@ def initialize(distributed_config: ml_collections.ConfigDict) -> None:
             f"num_processes and process_id, or {ENV_COORDINATOR_ADDRESS}, {ENV_NUM_PROCESSES} "
             f"and {ENV_PROCESS_ID}."
         ) from error
-    _process_id = process_id  # None when the cluster gave it: then jax.process_index() tells
+    _start_failure_monitor()
 
 
 def _resolve(config: ml_collections.ConfigDict) -> tuple[str | None, int | None, int | None]:
@@ -204,6 +211,7 @@ class StepWatchdog:
                 flush=True,
             )
             faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
+            _tell_peers(f"{_this_process()} hit the step timeout in {self.describe} {step}")
             _exit_now(STEP_TIMEOUT_EXIT_CODE)
 
 
@@ -213,11 +221,11 @@ class StepWatchdog:
 def run_main(main, *args, **kwargs):
     """Calls main(*args, **kwargs); with several processes, an exception ends this one at once.
 
-    The exception's traceback is printed, then os._exit(FAILED_EXIT_CODE) skips JAX's shutdown
-    barrier (which would wait for peers stuck in a collective). The peers then exit within
-    heartbeat_timeout (see the module docstring). os._exit also skips other atexit hooks and
-    unflushed file buffers, so writers must flush each record. SystemExit (e.g. a coordinated
-    preemption exit) and single-process runs keep Python's normal exit.
+    The exception's traceback is printed, every peer is told (their failure monitors exit with
+    FAILED_EXIT_CODE), then os._exit(FAILED_EXIT_CODE) skips JAX's shutdown barrier, which would
+    wait for peers stuck in a collective (see the module docstring). os._exit also skips other
+    atexit hooks and unflushed file buffers, so writers must flush each record. SystemExit (a
+    coordinated exit, e.g. preemption) and single-process runs keep Python's normal exit.
     """
     try:
         return main(*args, **kwargs)
@@ -227,13 +235,78 @@ def run_main(main, *args, **kwargs):
             raise
         print(f"{_this_process()} failed:", file=sys.stderr)
         traceback.print_exc()
+        error = traceback.format_exception_only(*sys.exc_info()[:2])[-1].strip()
+        _tell_peers(f"{_this_process()} failed: {error}")
         _exit_now(FAILED_EXIT_CODE)
 
 
+def _jax_distributed_state():
+    # The coordination service's client and this process's id; orbax reaches them the same way.
+    from jax._src import distributed as jax_distributed
+
+    return jax_distributed.global_state
+
+
 def _this_process() -> str:
-    # Not jax.process_index() when initialize() knows the id: before the first computation it
-    # would start the backend, which exchanges topology with peers that may be dead.
-    return f"process {jax.process_index() if _process_id is None else _process_id}"
+    # Not jax.process_index(): before the first computation it would start the backend, which
+    # exchanges topology with peers that may be dead.
+    state = _jax_distributed_state()
+    return f"process {state.process_id if state.client is not None else 0}"
+
+
+def _start_failure_monitor() -> None:
+    """A daemon thread that waits for this process's failure key and exits when a peer fails."""
+    state = _jax_distributed_state()
+    client, key = state.client, FAILURE_KEY.format(state.process_id)
+    monitor = threading.Thread(target=_wait_for_failure, args=(client, key), daemon=True)
+    monitor.start()
+
+    def stop() -> None:
+        # A daemon thread still inside the client's C++ call when Python finalizes aborts the
+        # process (measured: "FATAL: exception not rethrown"), so it is woken and joined first.
+        # atexit runs this before JAX's own shutdown hook, registered earlier.
+        with contextlib.suppress(Exception):  # already set by a failing peer, or shut down
+            client.key_value_set(key, EXIT_NOTICE)
+        monitor.join(timeout=10)
+
+    atexit.register(stop)
+
+
+def _wait_for_failure(client, key: str) -> None:
+    while True:
+        try:
+            notice = client.blocking_key_value_get(key, 2**31 - 1)  # ms, about 24 days
+            break
+        except Exception as error:
+            if "DEADLINE_EXCEEDED" in str(error):
+                continue
+            return  # shut down, or the coordinator died: JAX's heartbeats take over
+    if notice == EXIT_NOTICE:
+        return
+    print(f"{_this_process()} stops because {notice}", file=sys.stderr, flush=True)
+    if _jax_distributed_state().process_id == 0:
+        # Process 0 hosts the coordination service; when it ends, every other process aborts
+        # (status 134). The wait lets the failing process end first, with its own exit code.
+        time.sleep(COORDINATOR_GRACE_S)
+    _exit_now(FAILED_EXIT_CODE)
+
+
+def _tell_peers(notice: str) -> None:
+    """Writes notice to every peer's failure key; gives up after 5 s (the coordinator may hang)."""
+    state = _jax_distributed_state()
+    if state.client is None:
+        return
+
+    def send() -> None:
+        # Process 0 last: the others are told while its coordination service is surely up.
+        for process in reversed(range(state.num_processes)):
+            if process != state.process_id:
+                with contextlib.suppress(Exception):  # that peer's key is already set
+                    state.client.key_value_set(FAILURE_KEY.format(process), notice)
+
+    sender = threading.Thread(target=send, daemon=True)
+    sender.start()
+    sender.join(timeout=5)
 
 
 def _exit_now(code: int) -> None:

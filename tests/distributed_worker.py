@@ -1,14 +1,16 @@
 """One process of the multi-host tests (tests/test_distributed.py starts two of these).
 
 The launcher gives JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID, 2 CPU devices
-per process, and a mode: "ok" runs the steps, "raise" / "hang" make process `--fail-process`
-raise or sleep forever inside step `--fail-step`. Every step reads its result back to the host,
-so a missing peer leaves the others blocked in the collective. Lines the test reads are JSON on
-stdout.
+per process, and a mode: "ok" runs the steps; "raise", "hang" and "kill" make process
+`--fail-process` raise, sleep forever or SIGKILL itself inside step `--fail-step`. Every step
+reads its result back to the host, so a missing peer leaves the others blocked in the
+collective. Lines the test reads are JSON on stdout.
 """
 
 import argparse
 import json
+import os
+import signal
 import time
 
 import jax
@@ -71,6 +73,8 @@ def main(args) -> None:
                 report(event="failing", process=process, step=step, time=time.time())
                 if args.mode == "raise":
                     raise RuntimeError(f"injected failure in step {step}")
+                if args.mode == "kill":  # no Python cleanup, no notice to the peers
+                    os.kill(os.getpid(), signal.SIGKILL)
                 time.sleep(3600)  # "hang"
             batch = jax.make_array_from_process_local_data(
                 batch_sharding, local_rows(step, process)
@@ -83,7 +87,7 @@ def main(args) -> None:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()
-    parser.add_argument("--mode", choices=("ok", "raise", "hang"), default="ok")
+    parser.add_argument("--mode", choices=("ok", "raise", "hang", "kill"), default="ok")
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--fail-process", type=int, default=1)
     parser.add_argument("--fail-step", type=int, default=2)

@@ -4,6 +4,7 @@ refused before JAX is touched."""
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -105,21 +106,39 @@ def test_two_processes_compute_a_cross_process_mean(tmp_path):
 
 @pytest.mark.parametrize("failing", [0, 1])
 def test_one_process_raising_ends_both(tmp_path, failing):
-    # Process 0 hosts the coordination service, so its death and a peer's are different paths.
+    # Process 0 hosts the coordination service, so its failure and a peer's differ.
     results = launch(tmp_path, "--mode=raise", f"--fail-process={failing}", "--fail-step=2")
     (failure,) = events(results[failing], "failing")
     assert failure["step"] == 2
-    assert results[failing]["code"] == distributed.FAILED_EXIT_CODE
     assert "injected failure in step 2" in results[failing]["stderr"]
+    peer = 1 - failing
+    # The peer was told through the key-value store, not by a heartbeat timeout (that would be
+    # JAX's abort, status -6).
+    assert (
+        f"process {peer} stops because process {failing} failed: RuntimeError: injected "
+        in (results[peer]["stderr"])
+    )
     for result in results:
-        assert result["code"] != 0
+        assert result["code"] == distributed.FAILED_EXIT_CODE, result["stderr"][-3000:]
         assert not events(result, "done")
         assert result["ended"] - failure["time"] < EXIT_BOUND
 
 
+@pytest.mark.parametrize("killed", [0, 1])
+def test_a_killed_process_ends_its_peer(tmp_path, killed):
+    # SIGKILL leaves no notice: JAX's heartbeat (or process 0's closed service) ends the peer.
+    results = launch(tmp_path, "--mode=kill", f"--fail-process={killed}", "--fail-step=2")
+    (failure,) = events(results[killed], "failing")
+    assert results[killed]["code"] == -signal.SIGKILL
+    peer = results[1 - killed]
+    assert peer["code"] != 0
+    assert not events(peer, "done")
+    assert peer["ended"] - failure["time"] < EXIT_BOUND
+
+
 def test_hanging_process_is_ended_by_the_step_watchdog(tmp_path):
-    # Only the hanging process has a watchdog (3 s); its peer, blocked in the collective, must
-    # be ended by JAX's coordination service once the hung process is gone.
+    # Only the hanging process has a watchdog (3 s); its peer, blocked in the collective, is
+    # told by the watchdog before it exits.
     step_timeout = 3
     results = launch(
         tmp_path,
@@ -129,13 +148,16 @@ def test_hanging_process_is_ended_by_the_step_watchdog(tmp_path):
         step_timeouts=(0, step_timeout),
     )
     (failure,) = events(results[1], "failing")
-    hung = results[1]
+    hung, peer = results[1], results[0]
     assert hung["code"] == distributed.STEP_TIMEOUT_EXIT_CODE, hung["stderr"][-3000:]
     assert "train step 2 on process 1" in hung["stderr"]
     assert f"step timeout of {step_timeout} s" in hung["stderr"]
     assert hung["ended"] - failure["time"] >= step_timeout
+    assert peer["code"] == distributed.FAILED_EXIT_CODE, peer["stderr"][-3000:]
+    assert (
+        "process 0 stops because process 1 hit the step timeout in train step 2" in (peer["stderr"])
+    )
     for result in results:
-        assert result["code"] != 0
         assert not events(result, "done")
         assert result["ended"] - failure["time"] < step_timeout + EXIT_BOUND
 
