@@ -105,7 +105,7 @@ def check_finite(state, step: int) -> None:
 
 
 # ---- Training checkpoints -------------------------------------------------------------------
-# Orbax writes each step into `<step>.orbax-checkpoint-tmp-*` and renames it to `<step>` only
+# Orbax writes each step into `<step>.orbax-checkpoint-tmp*` and renames it to `<step>` only
 # once every item is complete (on object stores it writes commit_success.txt last instead), so
 # a save cut short by a crash or SIGKILL is invisible to latest_step() and never restored.
 
@@ -128,7 +128,8 @@ def make_manager(
         enable_async_checkpointing=True,
         preservation_policy=checkpoint_managers.AnyPreservationPolicy(policies),
     )
-    directory = Path(workdir).absolute() / "checkpoints"
+    workdir = str(workdir)  # a local folder or a URL such as gs://bucket/run (orbax takes both)
+    directory = f"{workdir if '://' in workdir else os.path.abspath(workdir)}/checkpoints"
     # Handlers are named up front so a new process can read item metadata before restoring.
     handlers = {
         "state": ocp.StandardCheckpointHandler(),

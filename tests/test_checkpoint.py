@@ -17,6 +17,7 @@ import pytest
 from soraj import checkpoint, optim
 
 TESTS = Path(__file__).parent
+RACE_LOST = 3  # tests/checkpoint_kill_check.py: the save finished before it could be killed
 QUIET = {"TF_CPP_MIN_LOG_LEVEL": "3", "JAX_PLATFORMS": "cpu"}
 
 
@@ -145,24 +146,29 @@ def test_mesh_check_refuses_too_few_devices(tmp_path):
 
 
 def test_a_save_killed_midway_is_never_used(tmp_path):
-    result = run_script("checkpoint_kill_check.py", tmp_path, check=False)
+    for attempt in range(3):
+        workdir = tmp_path / str(attempt)
+        result = run_script("checkpoint_kill_check.py", workdir, check=False)
+        if result.returncode != RACE_LOST:
+            break
     assert result.returncode == -9, result.stderr[-2000:]  # died by SIGKILL, as intended
     # The kill really landed mid-save: step 2's temporary folder is there, half written.
-    partial = sorted((tmp_path / "checkpoints").glob("2.orbax-checkpoint-tmp*"))
+    partial = sorted((workdir / "checkpoints").glob("2.orbax-checkpoint-tmp*"))
     assert partial and any(p.is_file() for p in partial[0].rglob("*")), result.stdout
-    assert not (tmp_path / "checkpoints" / "2").exists()
+    assert not (workdir / "checkpoints" / "2").exists()
 
-    manager = open_manager(tmp_path)
+    manager = open_manager(workdir)
     assert manager.latest_step() == 1 and manager.all_steps() == [1]
-    target = {"w": jnp.zeros((2048, 2048)), "v": jnp.zeros((2048, 2048)), "step": jnp.int32(0)}
-    state, data_state, step = checkpoint.restore_train_state(manager, abstract(target))
+    big = jax.ShapeDtypeStruct((2048, 2048), jnp.float32)
+    target = {"w": big, "v": big, "step": jax.ShapeDtypeStruct((), jnp.int32)}
+    state, data_state, step = checkpoint.restore_train_state(manager, target)
     assert (step, data_state, int(state["step"])) == (1, {"next": 1}, 1)
     assert np.all(np.asarray(state["w"]) == 1.0) and np.all(np.asarray(state["v"]) == -1.0)
     # The run goes on: saving step 2 again succeeds beside the leftover and is what loads.
-    doubled = jax.tree.map(lambda x: x * 2, target | {"w": state["w"], "v": state["v"]})
+    doubled = {"w": state["w"] * 2, "v": state["v"] * 2, "step": jnp.int32(2)}
     checkpoint.save_train_state(manager, 2, doubled, {"next": 2}, {})
     manager.wait_until_finished()
-    state, _, step = checkpoint.restore_train_state(manager, abstract(target))
+    state, _, step = checkpoint.restore_train_state(manager, target)
     assert step == 2 and np.all(np.asarray(state["w"]) == 2.0)
     manager.close()
 
