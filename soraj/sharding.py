@@ -1,9 +1,14 @@
 """The device mesh, the logical-axis rule tables, and sharding helpers.
 
-This is the only file that names mesh axes. Models annotate params and activations with
-logical names ("batch", "embed", "mlp", ...); the tables below map them onto the mesh.
+This is the only file that names mesh axes. Models annotate params (flax boxes from
+`nn.with_logical_partitioning`) and activations (`nn.with_logical_constraint`) with logical
+names ("batch", "embed", "mlp", ...); the tables below map them onto the mesh, and GSPMD
+inserts the collectives.
 """
 
+from collections.abc import Callable
+
+import flax.linen as nn
 import jax
 import ml_collections
 import numpy as np
@@ -11,8 +16,12 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 MESH_AXES = ("data", "fsdp", "tensor", "context")
 
-# Logical axis → mesh axes. Batch rows go over data and fsdp; weights are sharded by fsdp on
-# their embedding side and by tensor on the heads / MLP side (Megatron style).
+# ---- Rule tables ----
+# Logical axis → mesh axes, in priority order: flax gives each mesh axis to the first logical
+# axis of an array that claims it, so activations (batch, tokens, embed) put fsdp on the batch
+# and leave their embed axis whole, while weights shard their embed side over fsdp.
+# Weights are split by fsdp on their embedding side and by tensor on the heads / MLP side
+# (Megatron style); `context` splits the token axis of activations (sequence parallelism).
 DIT_RULES = (
     ("batch", ("data", "fsdp")),
     ("tokens", "context"),
@@ -22,13 +31,24 @@ DIT_RULES = (
     ("kv", None),
     ("patch", None),
     ("text_embed", None),
+    ("modulation", None),  # the 6D adaLN outputs: its embed input side is already fsdp
+    ("freq", None),  # the 256 timestep-sinusoid features
     ("classes", None),  # the class-label table's rows, replicated like the other embeddings
+    ("layers", None),  # the stacked block axis of scan_blocks: every device holds every layer
 )
+# Conv kernels (kt, kh, kw, F_in, F_out) shard their output features over fsdp; norms and
+# biases are small and stay replicated.
 VAE_RULES = (
     ("batch", ("data", "fsdp")),
-    ("conv_in", None),
     ("conv_out", "fsdp"),
+    ("conv_in", None),
+    ("conv_time", None),
+    ("conv_height", None),
+    ("conv_width", None),
 )
+
+
+# ---- Mesh ----
 
 
 def make_mesh(mesh_config: ml_collections.ConfigDict | None = None, devices=None) -> Mesh:
@@ -68,4 +88,59 @@ def shard_batch(batch: dict, mesh: Mesh) -> dict:
     sharding = batch_sharding(mesh)
     return jax.tree.map(
         lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), batch
+    )
+
+
+# ---- Sharded state ----
+
+
+def logical_shardings(abstract_tree, mesh: Mesh, rules) -> object:
+    """NamedSharding per leaf of a (possibly boxed) tree from jax.eval_shape.
+
+    Leaves in `nn.Partitioned` / `nn.LogicallyPartitioned` boxes get their logical names mapped
+    through `rules`; plain leaves (scalars, PRNG keys, unannotated params) are replicated.
+    The result has the structure of the unboxed tree.
+    """
+    logical_specs = nn.get_partition_spec(abstract_tree)
+    return nn.logical_to_mesh_sharding(logical_specs, mesh, rules)
+
+
+def sharded_init(init_fn: Callable, rng, mesh: Mesh, rules) -> tuple:
+    """(state, state_shardings): init_fn(rng) made directly in its sharded layout.
+
+    The shapes and logical names come from `jax.eval_shape`, so nothing is computed twice and
+    no device ever holds the whole model. Optimizer moments are built by mapping over the
+    boxed params, so they carry (and get) the params' names; everything else is replicated.
+    The returned state holds plain (unboxed) arrays.
+    """
+    abstract = jax.eval_shape(init_fn, rng)
+    state_shardings = logical_shardings(abstract, mesh, rules)
+    # No mesh context while tracing: out_shardings place every leaf, and under a mesh flax's
+    # DenseGeneral would constrain its flat (pre-reshape) kernel with the kernel's full rank.
+    init = jax.jit(
+        lambda r: nn.unbox(init_fn(r)),
+        in_shardings=replicated(mesh),
+        out_shardings=state_shardings,
+    )
+    return init(rng), state_shardings
+
+
+def jit_train_step(step_fn: Callable, state_shardings, mesh: Mesh, rules) -> Callable:
+    """step_fn (state, batch, rng) → (state, metrics), jitted once for this mesh.
+
+    State keeps state_shardings in and out (and is donated); the batch is split along its
+    leading axis (build it with shard_batch); rng and metrics are replicated. The step is traced
+    under the rules and the mesh, so the models' `nn.with_logical_constraint` calls on
+    activations take effect.
+    """
+
+    def traced(state, batch, rng):
+        with jax.sharding.use_abstract_mesh(mesh.abstract_mesh), nn.logical_axis_rules(rules):
+            return step_fn(state, batch, rng)
+
+    return jax.jit(
+        traced,
+        in_shardings=(state_shardings, batch_sharding(mesh), replicated(mesh)),
+        out_shardings=(state_shardings, replicated(mesh)),
+        donate_argnums=0,
     )

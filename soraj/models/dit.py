@@ -9,6 +9,7 @@ import numpy as np
 
 from soraj.models.layers import (
     ATTENTION_BACKENDS,
+    DenseOverAxes,
     Mlp,
     RMSNorm,
     TimestepEmbedder,
@@ -129,13 +130,9 @@ class MultiHeadAttention(nn.Module):
         self, x, context, q_segment_ids, kv_segment_ids, kv_mask=None, rope=None, window=None
     ):
         def heads(name):
-            return nn.DenseGeneral(
-                (self.num_heads, self.head_dim),
-                dtype=self.dtype,
-                param_dtype=jnp.float32,
-                kernel_init=dense_init(("embed", "heads", "kv")),
-                name=name,
-            )
+            features = (self.num_heads, self.head_dim)
+            axes = ("embed", "heads", "kv")
+            return DenseOverAxes(features, 1, axes, dtype=self.dtype, name=name)
 
         q = heads("query")(x)  # (B, L, N, K)
         k = heads("key")(context)  # (B, M, N, K)
@@ -157,14 +154,9 @@ class MultiHeadAttention(nn.Module):
         out_init = (
             nn.initializers.zeros_init() if self.zero_out else nn.initializers.xavier_uniform()
         )
-        return nn.DenseGeneral(
-            x.shape[-1],
-            axis=(-2, -1),
-            dtype=self.dtype,
-            param_dtype=jnp.float32,
-            kernel_init=dense_init(("heads", "kv", "embed"), out_init),
-            name="out",
-        )(out)  # (B, L, D)
+        axes = ("heads", "kv", "embed")
+        out = DenseOverAxes((x.shape[-1],), 2, axes, out_init, self.dtype, name="out")(out)
+        return out  # (B, L, D)
 
 
 #################### DiT block ####################

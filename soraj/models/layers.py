@@ -2,6 +2,7 @@
 
 import functools
 import math
+from collections.abc import Callable
 
 import flax.linen as nn
 import jax
@@ -306,6 +307,40 @@ def dense_init(axes: tuple[str, ...], init=None):
     """A kernel initializer (xavier_uniform unless given) tagged with logical axis names."""
     init = nn.initializers.xavier_uniform() if init is None else init
     return nn.with_logical_partitioning(init, axes)
+
+
+class DenseOverAxes(nn.Module):
+    """x (..., *in) → (..., *features): nn.DenseGeneral's kernel (*in, *features) and bias, with
+    its names and init values, but annotated after the reshape to the kernel's full rank.
+
+    (DenseGeneral initialises a flat 2D kernel and reshapes it; under a mesh, flax applies the
+    3D logical names to that flat kernel and fails in apply's shape check.)
+    """
+
+    features: tuple[int, ...]
+    num_in_axes: int  # the trailing axes of x that are contracted
+    axes: tuple[str, ...]  # logical names of the kernel's axes
+    kernel_init: Callable = nn.initializers.xavier_uniform()
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+        in_shape = x.shape[x.ndim - self.num_in_axes :]
+        flat = (math.prod(in_shape), math.prod(self.features))  # the fans xavier sees
+
+        def init(rng, shape, dtype):
+            return self.kernel_init(rng, flat, dtype).reshape(shape)
+
+        kernel = self.param(
+            "kernel",
+            nn.with_logical_partitioning(init, self.axes),
+            (*in_shape, *self.features),
+            jnp.float32,
+        )
+        bias = self.param("bias", nn.initializers.zeros_init(), self.features, jnp.float32)
+        x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
+        contract = (tuple(range(x.ndim - self.num_in_axes, x.ndim)), tuple(range(len(in_shape))))
+        return jax.lax.dot_general(x, kernel, (contract, ((), ()))) + bias
 
 
 class Mlp(nn.Module):
