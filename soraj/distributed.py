@@ -2,20 +2,20 @@
 process, a step watchdog, and a `run_main` that turns one process's failure into every
 process exiting non-zero instead of a hang.
 
-What JAX 0.10.2 does when a peer dies (measured with tests/distributed_worker.py, 2 processes
-on localhost, gloo CPU collectives):
-- A process that ends *without* `jax.distributed.shutdown` (a crash, `os._exit`) stops sending
+What JAX 0.10.2 does when a peer dies (measured with 2 processes on localhost, gloo CPU
+collectives; tests/test_distributed.py rechecks what this module relies on):
+- A process that ends *without* `jax.distributed.shutdown` (SIGKILL, `os._exit`) stops sending
   heartbeats. After `heartbeat_timeout` the coordination service (on process 0) reports it to
   every other process, whose client aborts the process (SIGABRT, exit status 134 / -6), even
   when it is blocked in a collective.
-- If the dead process is process 0, the service dies with it: a peer blocked in a gloo
-  collective gets a `JaxRuntimeError` ("Connection closed by peer") at once.
+- If that process is process 0, the service ends with it and every peer fails at once (a gloo
+  collective raises "Connection closed by peer"; the client aborts).
 - A process that *raises* and leaves Python normally runs JAX's atexit hook, which waits at the
   shutdown barrier for every peer. Peers blocked in a collective never arrive, so it waits the
   whole shutdown timeout (300 s by default) before everyone aborts. `run_main` skips that hook.
 - A process that hangs keeps sending heartbeats (a C++ thread does it), so nothing in JAX
   notices; its peers wait in the collective. Only `StepWatchdog` ends it.
-So a failure `run_main` or the watchdog sees is also written to every peer's key in the
+So a failure that `run_main` or the watchdog sees is also written to every peer's key in the
 coordination service's key-value store, where a thread of each peer waits for it: the peers
 exit at once instead of after heartbeat_timeout. A killed process still relies on heartbeats.
 """
@@ -163,7 +163,8 @@ class StepWatchdog:
     def __init__(self, timeout_s: float, describe: str = "step"):
         if isinstance(timeout_s, bool) or not isinstance(timeout_s, int | float) or timeout_s < 0:
             raise ValueError(
-                f"step timeout must be a number of seconds ≥ 0 (0: off), got {timeout_s!r}"
+                f"the step timeout (config.distributed.step_timeout) must be a number of seconds "
+                f"≥ 0 (0: off), got {timeout_s!r}"
             )
         self.timeout_s, self.describe = float(timeout_s), describe
         # (step, monotonic start) of the running step, or None between steps. One attribute,
@@ -205,8 +206,9 @@ class StepWatchdog:
             print(
                 f"StepWatchdog: {self.describe} {step} on {_this_process()} has run "
                 f"{time.monotonic() - started:.1f} s, over the step timeout of {self.timeout_s:g} "
-                "s (config.distributed.step_timeout). A peer process probably died or hung in a "
-                f"collective. Exiting with code {STEP_TIMEOUT_EXIT_CODE}; Python stacks follow.",
+                "s (config.distributed.step_timeout). Most often a peer process died or hung and "
+                "left this one waiting in a collective. Exiting with code "
+                f"{STEP_TIMEOUT_EXIT_CODE}; Python stacks follow.",
                 file=sys.stderr,
                 flush=True,
             )

@@ -253,5 +253,8 @@ def test_initialize_off_does_nothing(no_distributed_env):
 
 
 def test_watchdog_refuses_a_negative_timeout():
-    with pytest.raises(ValueError, match="step timeout must be a number of seconds ≥ 0"):
+    with pytest.raises(
+        ValueError,
+        match=r"step timeout \(config.distributed.step_timeout\) must be a number of seconds ≥ 0",
+    ):
         distributed.StepWatchdog(-1)
