@@ -158,21 +158,32 @@ def save_train_state(manager, step: int, state, data_state: dict, metadata: dict
     return manager.save(step, args=args, force=force)
 
 
-def _check_shardable(abstract_state) -> None:
-    for path, leaf in jax.tree_util.tree_flatten_with_path(abstract_state)[0]:
+def _placed(abstract_state):
+    """abstract_state with a sharding on every leaf, each checked to fit its leaf's shape. A leaf
+    without one goes to the default device, as an unplaced array would; without this orbax would
+    use the sharding stored in the checkpoint, which names devices of the saving run."""
+
+    def place(path, leaf):
+        name = "/".join(_key_name(k) for k in path)
         sharding = getattr(leaf, "sharding", None)
+        if sharding is None:
+            if jax.process_count() > 1:
+                raise ValueError(f"restoring on several processes needs a sharding for {name}")
+            sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
         try:
-            sharding is None or sharding.shard_shape(leaf.shape)
+            sharding.shard_shape(leaf.shape)
         except ValueError as error:
-            name = "/".join(_key_name(k) for k in path)
             raise ValueError(f"cannot restore {name} onto its target sharding: {error}") from None
+        return jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding)
+
+    return jax.tree_util.tree_map_with_path(place, abstract_state)
 
 
 def _unreadable(where: str, error: Exception, remedy: str) -> ValueError:
     # Tensorstore errors end with a long JSON spec of the store; the file they name comes first.
     message = str(error).split(" [tensorstore_spec=")[0][:600]
     return ValueError(
-        f"checkpoint {where} could not be read (a file is missing, truncated or corrupt): "
+        f"checkpoint {where} could not be restored (a file missing, truncated or corrupt?): "
         f"{type(error).__name__}: {message}; {remedy}"
     )
 
@@ -202,9 +213,8 @@ def restore_train_state(manager, abstract_state):
             f"unreadable (found {sorted(stored.keys())}, need {list(TRAINING_ITEMS)}); {remedy}"
         )
     check_tree_matches(stored["state"].tree, abstract_state, where)
-    _check_shardable(abstract_state)
     args = ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract_state),
+        state=ocp.args.StandardRestore(_placed(abstract_state)),
         data=ocp.args.JsonRestore(),
         metadata=ocp.args.JsonRestore(),
     )

@@ -2,7 +2,8 @@
 tests/test_checkpoint.py in subprocesses with fake CPU devices).
 
     checkpoint_mesh_check.py save WORKDIR      # 8 devices: save on (4, 2), restore on (8, 1)
-    checkpoint_mesh_check.py restore WORKDIR   # 1 device: restore_or_init onto that device
+    checkpoint_mesh_check.py restore WORKDIR   # 1 device: restore_or_init onto that device, and
+                                               # a restore with no target shardings
 
 Each mode checks the restored values against the numpy arrays it built the state from, and that
 every restored array carries exactly the sharding it was asked for, then prints "ok <mode>".
@@ -117,6 +118,11 @@ def restore_on_one_device(workdir: str) -> None:
     )
     assert (data_state, step) == ({"next": 3}, STEP), (data_state, step)
     check_restored(state, target, "1 device")
+    # A target without shardings lands on the default device, not on the saving run's devices.
+    unplaced = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), abstract(target))
+    state, _, _ = checkpoint.restore_train_state(manager, unplaced)
+    default = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    check_restored(state, jax.tree.map(lambda _: default, target), "1 device, unplaced")
     manager.close()
 
 

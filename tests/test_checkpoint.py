@@ -204,8 +204,8 @@ quiet_closed_loop = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableE
     "damage, message",
     [
         (_delete_data_item, r"3 is incomplete: item\(s\) \['data'\] missing"),
-        (_delete_array_files, r"3 could not be read .*NOT_FOUND.*state/d/"),
-        (_truncate_array_files, r"3 could not be read .*OUT_OF_RANGE.*state/d/"),
+        (_delete_array_files, r"3 could not be restored .*NOT_FOUND.*state/d/"),
+        (_truncate_array_files, r"3 could not be restored .*OUT_OF_RANGE.*state/d/"),
     ],
 )
 def test_damaged_checkpoint_is_an_error_not_a_fresh_start(tmp_path, damage, message):
