@@ -48,7 +48,7 @@ ENV_PROCESS_ID = "JAX_PROCESS_ID"
 # that its own failure monitor may stop because the process is ending normally.
 FAILURE_KEY = "soraj/failure/{}"
 EXIT_NOTICE = "exit"
-COORDINATOR_GRACE_S = 2.0
+COORDINATOR_GRACE_S = 1.0
 
 
 # ---- Start-up ---------------------------------------------------------------------------------

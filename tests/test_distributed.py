@@ -137,9 +137,9 @@ def test_a_killed_process_ends_its_peer(tmp_path, killed):
 
 
 def test_hanging_process_is_ended_by_the_step_watchdog(tmp_path):
-    # Only the hanging process has a watchdog (3 s); its peer, blocked in the collective, is
+    # Only the hanging process has a watchdog (2 s); its peer, blocked in the collective, is
     # told by the watchdog before it exits.
-    step_timeout = 3
+    step_timeout = 2
     results = launch(
         tmp_path,
         "--mode=hang",
