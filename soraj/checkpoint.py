@@ -140,8 +140,9 @@ def make_manager(
 
 
 def save_train_state(manager, step: int, state, data_state: dict, metadata: dict, force=False):
-    """Saves state, the data iterator position and metadata as one step (async). Checks first,
-    writing nothing, that every float leaf is finite and the two dicts are JSON."""
+    """Starts an async save of state, the data iterator position and metadata as one step, and
+    returns whether it did (orbax skips steps off the save_every grid unless force). Checks
+    first, writing nothing, that every float leaf is finite and the two dicts are JSON."""
     check_finite(state, step)
     for name, value in (("data_state", data_state), ("metadata", metadata)):
         try:
@@ -235,7 +236,7 @@ def restore_or_init(manager, init_state, rng, out_sharding):
         return restored
     directory = manager.directory  # an epath: local folders and gs:// alike
     unfinished = sorted(p.name for p in directory.iterdir()) if directory.is_dir() else []
-    if unfinished:
+    if unfinished and jax.process_index() == 0:
         print(f"no complete checkpoint in {directory}; ignoring unfinished saves {unfinished}")
     return init(rng), None, 0
 

@@ -14,7 +14,8 @@ import numpy as np
 import optax
 import pytest
 
-from soraj import checkpoint, optim
+from soraj import checkpoint, optim, sharding
+from soraj.configs import t2v
 
 TESTS = Path(__file__).parent
 RACE_LOST = 3  # tests/checkpoint_kill_check.py: the save finished before it could be killed
@@ -109,7 +110,8 @@ def test_train_state_data_and_metadata_round_trip_bit_exactly(tmp_path):
     grads = jax.tree.map(lambda p: jnp.sin(p) + 0.5, params)
     state = state.apply_gradients(grads, optimizer, ema_decay=0.9)  # non-trivial moments, EMA
     data_state = {"epoch": 1, "index": [4, 2], "shard": "a"}
-    metadata = {"config": {"seed": 0}, "mesh": {"data": 1}, "code_version": "abc"}
+    config = t2v.get_config("tiny")
+    metadata = checkpoint.training_metadata(config, sharding.make_mesh())
     manager = checkpoint.make_manager(tmp_path, keep=2, save_every=1)
     checkpoint.save_train_state(manager, 1, state, data_state, metadata)
     manager.wait_until_finished()
@@ -118,7 +120,9 @@ def test_train_state_data_and_metadata_round_trip_bit_exactly(tmp_path):
     manager = open_manager(tmp_path)  # a fresh manager, as a restarted process has
     restored, restored_data, step = checkpoint.restore_train_state(manager, abstract(state))
     assert (restored_data, step) == (data_state, 1)
-    assert checkpoint.restore_metadata(manager, 1) == metadata
+    stored = checkpoint.restore_metadata(manager, 1)
+    assert stored == metadata and stored["config"]["seed"] == config.seed
+    assert stored["mesh"] == dict(sharding.make_mesh().shape) and stored["code_version"]
     assert type(restored) is optim.TrainState
     chex.assert_trees_all_equal(restored, state)  # typed keys compare by their key data
     assert restored.rng.dtype == state.rng.dtype  # still a typed threefry key, not uint32
@@ -189,6 +193,10 @@ def _delete_array_files(step_dir):
         path.unlink()
 
 
+def _delete_state_tree_metadata(step_dir):
+    (step_dir / "state" / "_METADATA").unlink()
+
+
 def _truncate_array_files(step_dir):
     for path in _array_files(step_dir):
         os.truncate(path, path.stat().st_size // 2)
@@ -204,6 +212,7 @@ quiet_closed_loop = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableE
     "damage, message",
     [
         (_delete_data_item, r"3 is incomplete: item\(s\) \['data'\] missing"),
+        (_delete_state_tree_metadata, r"3 is incomplete: item\(s\) \['state'\] missing or unread"),
         (_delete_array_files, r"3 could not be restored .*NOT_FOUND.*state/d/"),
         (_truncate_array_files, r"3 could not be restored .*OUT_OF_RANGE.*state/d/"),
     ],
