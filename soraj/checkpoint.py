@@ -6,6 +6,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -319,12 +320,26 @@ def load_export_config(directory: str | os.PathLike) -> dict:
 
 
 def load_export(directory: str | os.PathLike, abstract_params) -> tuple:
-    """Returns (float32 params shaped like abstract_params, config dict)."""
+    """Returns (float32 plain params shaped like abstract_params, config dict).
+
+    abstract_params may hold flax `nn.Partitioned` boxes (jax.eval_shape of a model's init).
+    Exports store plain arrays; exports written before the trainers unboxed their state
+    store each annotated param boxed (its array under ".../value"), and load the same."""
     config = load_export_config(directory)
     stored_dtype = jnp.dtype(config.get("param_dtype", "float32"))
-    stored = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, stored_dtype), abstract_params)
     path = Path(directory).absolute() / EXPORT_PARAMS
+    layouts = (nn.unbox(abstract_params), abstract_params)  # current, then boxed
+
+    def as_stored(tree):
+        return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, stored_dtype), tree)
+
     with ocp.StandardCheckpointer() as checkpointer:
-        check_tree_matches(checkpointer.metadata(path).item_metadata.tree, stored, path)
-        params = checkpointer.restore(path, stored)
+        stored_tree = checkpointer.metadata(path).item_metadata.tree
+        target = next(
+            (as_stored(t) for t in layouts if not tree_differences(stored_tree, as_stored(t))),
+            None,
+        )
+        if target is None:
+            check_tree_matches(stored_tree, as_stored(layouts[0]), path)  # raises, naming them
+        params = nn.unbox(checkpointer.restore(path, target))
     return jax.tree.map(lambda p: jnp.asarray(p, jnp.float32), params), config

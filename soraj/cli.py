@@ -48,7 +48,10 @@ def run_trainer(command: str, argv: list[str]):
             from soraj.train import train_and_evaluate
         else:
             from soraj.train_vae import train_and_evaluate
-        train_and_evaluate(flags.FLAGS.config, flags.FLAGS.workdir)
+        from soraj import distributed
+
+        # With several processes, one process's exception ends every process at once.
+        distributed.run_main(train_and_evaluate, flags.FLAGS.config, flags.FLAGS.workdir)
 
     app.run(main, argv=[f"soraj {command}", *argv])
 

@@ -2,6 +2,7 @@
 (soraj/data/packed_pipeline.py), `train_and_evaluate(config, workdir)`. The step is a pure
 function of (state, packed batch, rng)."""
 
+import contextlib
 import dataclasses
 import functools
 import json
@@ -12,11 +13,13 @@ import jax
 import ml_collections
 import numpy as np
 import optax
+from jax.experimental import multihost_utils
 
-from soraj import checkpoint, optim, sharding
+from soraj import checkpoint, distributed, fault_tolerance, optim, sharding
 from soraj.data.class_folder import ClassFolderSource
+from soraj.data.data_shards import HostBatches, all_shard_states
 from soraj.data.latent_cache import LatentCache, canvases_description, shapes_description
-from soraj.data.packed_pipeline import caption_from_bytes, packed_dataset, spec_from_config
+from soraj.data.packed_pipeline import caption_from_bytes, spec_from_config
 from soraj.data.shapes import ShapesSource
 from soraj.data.shapes_canvases import ShapesCanvasSource
 from soraj.data.video_folder import VideoFolderSource
@@ -97,6 +100,7 @@ def train_step(state: optim.TrainState, batch: dict, rng, *, dit, text, optimize
         "loss": loss,
         "grad_norm": optax.tree.norm(grads),  # before clipping
         "learning_rate": optim.learning_rate_schedule(config.optim)(state.step),
+        **optim.nonfinite_counts(new_state.opt_state),
     }
     return new_state, metrics
 
@@ -241,7 +245,7 @@ def training_data(config, codec: LatentCodec, vae_dir: Path, text: TextConfig, p
     factors = (vae.temporal_factor, vae.spatial_factor)
     num_classes = len(getattr(source, "class_names", ()))
     spec = spec_from_config(data, factors, patch_size, config.batch_size, config.seed, num_classes)
-    iterator = iter(packed_dataset(source, spec, codec, null_text))
+    iterator = HostBatches(source, spec, codec, null_text, data.shards)
     conditioning = config.model.conditioning
     needs_encoder = null_text is None and conditioning == "text"
     text_encoder = text.host_encoder() if needs_encoder else None
@@ -257,20 +261,26 @@ def export(
     workdir: Path, dit: DiT, state, config, text: TextConfig, vae_dir: Path, class_names=()
 ) -> Path:
     """WORKDIR/export/{dit,vae}: EMA params + config (and a class model's class names), with
-    the VAE it was trained on, so the folder is a complete generation bundle."""
+    the VAE it was trained on, so the folder is a complete generation bundle. Every process
+    calls it (the params are gathered across hosts); process 0 writes."""
+    ema_params, step = state.ema_params, state.step
+    if jax.process_count() > 1:
+        ema_params, step = multihost_utils.process_allgather((ema_params, step), tiled=True)
+    bundle = workdir / "export"
+    if not distributed.is_primary():
+        return bundle
     stored = {
         "kind": "dit",
         "dit_config": dataclasses.asdict(dit.config),
         "text": dataclasses.asdict(text),
         "trained_on": json.loads(config.data.to_json_best_effort()),
         "sample": json.loads(config.sample.to_json_best_effort()),
-        "step": int(state.step),
+        "step": int(step),
         "code_version": checkpoint.code_version(),
     }
     if dit.config.conditioning == "class":
         stored["classes"] = list(class_names)
-    bundle = workdir / "export"
-    checkpoint.export_params(bundle / "dit", state.ema_params, stored)
+    checkpoint.export_params(bundle / "dit", ema_params, stored)
     if not (bundle / "vae").exists():
         shutil.copytree(vae_dir, bundle / "vae")
     return bundle
@@ -336,14 +346,19 @@ def make_dit(config, codec: LatentCodec, text: TextConfig) -> DiT:
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path):
+    """Trains config.total_steps steps, resuming from WORKDIR/checkpoints. On SIGTERM it saves
+    at the next step and raises fault_tolerance.Preempted (exit code 75); run it again to go
+    on. Multi-host: every process runs this with the same config (README, "Scale-out")."""
+    distributed.initialize(config.distributed)
     workdir = Path(workdir)
     text = TextConfig(**config.text)
     vae_dir = resolve_vae(config.vae_checkpoint)
     codec = LatentCodec.load(vae_dir)
     dit = make_dit(config, codec, text)
     latent = codec.latent_shape(config.data.num_frames, config.data.height, config.data.width)
-    mesh = sharding.make_mesh()
+    mesh = sharding.make_mesh(config.mesh)
     optimizer = optim.make_optimizer(config.optim)
+    nonfinite = fault_tolerance.NonFiniteGuard(config.max_nonfinite_steps)
     iterator, build_batch = training_data(config, codec, vae_dir, text, dit.config.patch_size, mesh)
 
     def init_state(rng):
@@ -351,44 +366,76 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path):
         return optim.TrainState.create(init_params(dit, text, init_rng), optimizer, state_rng)
 
     rng = jax.random.key(config.seed)
-    manager = checkpoint.make_manager(workdir, config.keep_checkpoints, config.save_every)
-    state, data_state, start_step = checkpoint.restore_or_init(
-        manager, init_state, rng, sharding.replicated(mesh)
+    manager = checkpoint.make_manager(
+        workdir, config.keep_checkpoints, config.save_every, config.keep_period
+    )
+    state, state_shardings, data_state, start_step = fault_tolerance.resume_or_start(
+        manager, init_state, rng, mesh, sharding.DIT_RULES
     )
     if data_state is not None:
         iterator.set_state(data_state)
-    workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
+    primary = distributed.is_primary()
+    if primary:
+        workdir.mkdir(parents=True, exist_ok=True)
+        (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
+        fault_tolerance.trim_metrics(workdir, start_step)
     n_params = sum(x.size for x in jax.tree.leaves(state.params))
-    print(f"DiT {n_params / 1e6:.2f}M params; latents {latent}; workdir {workdir}")
+    print(
+        f"DiT {n_params / 1e6:.2f}M params; latents {latent}; mesh {dict(mesh.shape)}; "
+        f"{'resuming at step ' + str(start_step) if start_step else 'starting'}; workdir {workdir}"
+    )
 
-    step_fn = jax.jit(
+    step_fn = sharding.jit_train_step(
         functools.partial(train_step, dit=dit, text=text, optimizer=optimizer, config=config),
-        donate_argnums=0,
+        state_shardings,
+        mesh,
+        sharding.DIT_RULES,
     )
     writer = MetricWriter(workdir, config.total_steps, start_step, "train")
-    for step in range(start_step, config.total_steps):
-        host_batch = next(iterator)
-        state, metrics = step_fn(state, build_batch(host_batch), rng)
-        writer.advance()
-        done = step + 1
-        if done % config.log_every == 0 or done == config.total_steps:
-            metrics = dict(jax.device_get(metrics), **host_batch_metrics(host_batch))
-            writer.write(done, metrics, int(metrics["samples"]))
-        if done % config.save_every == 0 or done == config.total_steps:
-            metadata = checkpoint.training_metadata(config, mesh)
-            checkpoint.save_train_state(
-                manager, done, state, iterator.get_state(), metadata, force=True
-            )
-            export(workdir, dit, state, config, text, vae_dir, build_batch.class_names)
-        if done % config.sample_every == 0 or done == config.total_steps:
-            generator = Generator(codec, dit, state.ema_params, text, None, build_batch.class_names)
-            if dit.config.conditioning == "text":
-                # Cached text states leave no encoder loaded; sampling needs one for its prompt.
-                build_batch.text_encoder = build_batch.text_encoder or text.host_encoder()
-                generator.text_encoder = build_batch.text_encoder
-            print(f"sample written to {write_sample(workdir, done, generator, config)}")
+    watchdog = distributed.StepWatchdog(config.distributed.step_timeout)
+    with fault_tolerance.PreemptionPoint() as preemption, contextlib.closing(watchdog):
+        for step in range(start_step, config.total_steps):
+            watchdog.step_started(step + 1)
+            host_batch = next(iterator)
+            state, metrics = step_fn(state, build_batch(host_batch), rng)
+            nonfinite.check(step + 1, metrics["nonfinite_streak"])
+            writer.advance()
+            done = step + 1
+            preempted = preemption.reached(done)
+            if done % config.log_every == 0 or done == config.total_steps:
+                metrics = dict(jax.device_get(metrics), **host_batch_metrics(host_batch))
+                writer.write(done, metrics, int(metrics["samples"]))
+            if preempted or done % config.save_every == 0 or done == config.total_steps:
+                nonfinite.flush()  # never save after too many skipped steps
+                data_state = all_shard_states(iterator.get_state())
+                metadata = checkpoint.training_metadata(config, mesh)
+                checkpoint.save_train_state(manager, done, state, data_state, metadata, force=True)
+                export(workdir, dit, state, config, text, vae_dir, build_batch.class_names)
+            if preempted:
+                manager.wait_until_finished()
+                writer.close()
+                print(f"preempted: checkpoint of step {done} saved in {manager.directory}")
+                raise fault_tolerance.Preempted(done, manager.directory)
+            if config.sample_every and (
+                done % config.sample_every == 0 or done == config.total_steps
+            ):
+                write_training_sample(workdir, done, codec, dit, state, text, build_batch, config)
+            watchdog.step_finished()
+    nonfinite.flush()
     manager.wait_until_finished()
     writer.close()
     print(f"DiT export written to {workdir / 'export'}")
     return state
+
+
+def write_training_sample(workdir, step, codec, dit, state, text, build_batch, config):
+    """A sample video of the EMA model (one process only: sampling with a global mesh across
+    processes would make every host wait on process 0's media writing)."""
+    if jax.process_count() > 1:
+        return
+    generator = Generator(codec, dit, state.ema_params, text, None, build_batch.class_names)
+    if dit.config.conditioning == "text":
+        # Cached text states leave no encoder loaded; sampling needs one for its prompt.
+        build_batch.text_encoder = build_batch.text_encoder or text.host_encoder()
+        generator.text_encoder = build_batch.text_encoder
+    print(f"sample written to {write_sample(workdir, step, generator, config)}")

@@ -2,6 +2,7 @@
 step, on batches of several clip shapes (videos and images) from Shapes or a video folder;
 `train_and_evaluate(config, workdir)`. A deliberate sibling of train.py, not a subclass."""
 
+import contextlib
 import dataclasses
 import functools
 import json
@@ -13,8 +14,9 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+from jax.experimental import multihost_utils
 
-from soraj import checkpoint, optim, sharding, vae_losses
+from soraj import checkpoint, distributed, fault_tolerance, optim, sharding, vae_losses
 from soraj.data.clip_shapes import clip_shapes, make_iterators
 from soraj.data.video_folder import loop_to_length
 from soraj.data.video_io import write_gif
@@ -214,6 +216,7 @@ def train_step(
     # The norm before clipping: what the optimizer was actually handed.
     metrics["grad_norm"] = optax.tree.norm(grads)
     metrics["learning_rate"] = optim.learning_rate_schedule(config.optim)(state.step)
+    metrics.update(optim.nonfinite_counts(new_state.opt_state))
     return new_state, metrics
 
 
@@ -243,7 +246,14 @@ def latent_statistics(encode, params, batches) -> tuple[np.ndarray, np.ndarray]:
 
 
 def export(workdir: Path, model: VideoVAE, state, config, stats_batches, encode) -> Path:
-    shift, scale = latent_statistics(encode, state.ema_params, stats_batches)
+    """WORKDIR/export: EMA params, config and latent statistics. Every process calls it (the
+    params are gathered across hosts); process 0 measures the statistics and writes."""
+    ema_params, step = state.ema_params, state.step
+    if jax.process_count() > 1:
+        ema_params, step = multihost_utils.process_allgather((ema_params, step), tiled=True)
+    if not distributed.is_primary():
+        return workdir / "export"
+    shift, scale = latent_statistics(encode, ema_params, stats_batches)
     stored = {
         "kind": "vae",
         "preset": config.preset,
@@ -251,10 +261,10 @@ def export(workdir: Path, model: VideoVAE, state, config, stats_batches, encode)
         "latent_shift": shift.tolist(),
         "latent_scale": scale.tolist(),
         "trained_on": json.loads(config.data.to_json_best_effort()),
-        "step": int(state.step),
+        "step": int(step),
         "code_version": checkpoint.code_version(),
     }
-    return checkpoint.export_params(workdir / "export", state.ema_params, stored)
+    return checkpoint.export_params(workdir / "export", ema_params, stored)
 
 
 def write_reconstructions(path: Path, reconstruct, params, batch: dict, count: int = 4) -> Path:
@@ -292,7 +302,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path):
     shapes = clip_shapes(config)
     check_config(config, shapes, model, discriminator)
     names = tuple(shape.name for shape in shapes)
-    mesh = sharding.make_mesh()
+    distributed.initialize(config.distributed)
+    mesh = sharding.make_mesh(config.mesh)
     optimizer = optim.make_optimizer(config.optim)
     disc_optimizer = optim.make_optimizer(config.discriminator.optim)
     iterators = make_iterators(config, shapes)
@@ -310,21 +321,25 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path):
         )
 
     rng = jax.random.key(config.seed)
-    manager = checkpoint.make_manager(workdir, config.keep_checkpoints, config.save_every)
-    state, data_state, start_step = checkpoint.restore_or_init(
-        manager, init_state, rng, sharding.replicated(mesh)
+    manager = checkpoint.make_manager(
+        workdir, config.keep_checkpoints, config.save_every, config.keep_period
+    )
+    state, state_shardings, data_state, start_step = fault_tolerance.resume_or_start(
+        manager, init_state, rng, mesh, sharding.VAE_RULES
     )
     for name, iterator in iterators.items():
         if data_state is not None:
             iterator.set_state(data_state[name])
-    workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
+    if distributed.is_primary():
+        workdir.mkdir(parents=True, exist_ok=True)
+        (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
+        fault_tolerance.trim_metrics(workdir, start_step)
     n_params = sum(x.size for x in jax.tree.leaves(state.params))
     described = ", ".join(f"{s.name} ×{s.batch_size}" for s in shapes)
     gan = "off" if discriminator is None else f"on from step {config.loss.gan_start_step}"
     print(f"VAE {n_params / 1e6:.2f}M params; clips {described}; GAN {gan}; workdir {workdir}")
 
-    step_fn = jax.jit(
+    step_fn = sharding.jit_train_step(
         functools.partial(
             train_step,
             model=model,
@@ -334,30 +349,48 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path):
             config=config,
             names=names,
         ),
-        donate_argnums=0,
+        state_shardings,
+        mesh,
+        sharding.VAE_RULES,
     )
     encode, reconstruct = jitted_codec(model)
     writer = MetricWriter(workdir, config.total_steps, start_step, "train-vae")
+    nonfinite = fault_tolerance.NonFiniteGuard(config.max_nonfinite_steps)
+    watchdog = distributed.StepWatchdog(config.distributed.step_timeout)
     samples_per_step = sum(shape.batch_size for shape in shapes)
     stats_batches = []
-    for step in range(start_step, config.total_steps):
-        host_batch = {name: next(iterator)["video"] for name, iterator in iterators.items()}
-        if len(stats_batches) < config.num_stats_batches:
-            stats_batches.append(host_batch)
-        batch = sharding.shard_batch(host_batch, mesh)
-        state, metrics = step_fn(state, batch, rng)
-        writer.advance()
-        done = step + 1
-        if done % config.log_every == 0 or done == config.total_steps:
-            writer.write(done, jax.device_get(metrics), samples_per_step)
-        if done % config.sample_every == 0 or done == config.total_steps:
-            path = workdir / "samples" / f"reconstruction_{done:06d}.gif"
-            write_reconstructions(path, reconstruct, state.ema_params, host_batch)
-        if done % config.save_every == 0 or done == config.total_steps:
-            data_state = {name: it.get_state() for name, it in iterators.items()}
-            metadata = checkpoint.training_metadata(config, mesh)
-            checkpoint.save_train_state(manager, done, state, data_state, metadata, force=True)
-            export(workdir, model, state, config, stats_batches, encode)
+    with fault_tolerance.PreemptionPoint() as preemption, contextlib.closing(watchdog):
+        for step in range(start_step, config.total_steps):
+            watchdog.step_started(step + 1)
+            host_batch = {name: next(iterator)["video"] for name, iterator in iterators.items()}
+            if len(stats_batches) < config.num_stats_batches:
+                stats_batches.append(host_batch)
+            batch = sharding.shard_batch(host_batch, mesh)
+            state, metrics = step_fn(state, batch, rng)
+            nonfinite.check(step + 1, metrics["nonfinite_streak"])
+            writer.advance()
+            done = step + 1
+            preempted = preemption.reached(done)
+            if done % config.log_every == 0 or done == config.total_steps:
+                writer.write(done, jax.device_get(metrics), samples_per_step)
+            if distributed.is_primary() and (
+                done % config.sample_every == 0 or done == config.total_steps
+            ):
+                path = workdir / "samples" / f"reconstruction_{done:06d}.gif"
+                write_reconstructions(path, reconstruct, state.ema_params, host_batch)
+            if preempted or done % config.save_every == 0 or done == config.total_steps:
+                nonfinite.flush()  # never save after too many skipped steps
+                data_state = {name: it.get_state() for name, it in iterators.items()}
+                metadata = checkpoint.training_metadata(config, mesh)
+                checkpoint.save_train_state(manager, done, state, data_state, metadata, force=True)
+                export(workdir, model, state, config, stats_batches, encode)
+            if preempted:
+                manager.wait_until_finished()
+                writer.close()
+                print(f"preempted: checkpoint of step {done} saved in {manager.directory}")
+                raise fault_tolerance.Preempted(done, manager.directory)
+            watchdog.step_finished()
+    nonfinite.flush()
     manager.wait_until_finished()
     writer.close()
     print(f"VAE export written to {workdir / 'export'}")

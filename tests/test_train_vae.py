@@ -40,7 +40,7 @@ MICRO_CONFIG = VAEConfig(
 def numpy_params(module, *inputs, seed=0, **kwargs):
     """Params of module's shapes filled from numpy: random-number code dominates compile time
     on CPU, and these tests need values, not a particular initialisation."""
-    shapes = jax.eval_shape(module.init, jax.random.key(0), *inputs, **kwargs)["params"]
+    shapes = nn.unbox(jax.eval_shape(module.init, jax.random.key(0), *inputs, **kwargs)["params"])
     rng = np.random.default_rng(seed)
     return jax.tree.map(lambda s: jnp.asarray(rng.normal(0, 0.3, s.shape), jnp.float32), shapes)
 

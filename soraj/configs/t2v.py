@@ -182,6 +182,6 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
     config.total_steps = 5000
     config.log_every = 50
     config.save_every = 500
-    config.sample_every = 1000
+    config.sample_every = 1000  # and at the end; 0: no samples
     config.keep_checkpoints = 2
     return config
