@@ -1,0 +1,411 @@
+"""Model FLOPs utilisation (MFU) of the DiT train step, against a matmul measured in the same run.
+
+The step is soraj.train.train_step, jitted with donation as the trainer jits it, on a
+synthetic packed batch: rows of whole clips (one patch grid each, contiguous segments, tail
+padding) with random latents and random text states, so no VAE or text encoder runs.
+
+- Model FLOPs per step: XLA's cost analysis of the compiled step
+  (`jit(...).lower(...).compile().cost_analysis()["flops"]`), checked against the hand count
+  of every matmul in dit_flops.py. Under remat XLA also counts the recomputed forward, which is
+  not model work, so each setting's model FLOPs come from the same shape compiled without remat.
+- MFU = model FLOPs / step seconds / the FLOP/s of a large jitted matmul of the same dtype,
+  timed in the same run (float32, and bfloat16 for bfloat16 compute).
+- Presets: `tiny` (soraj/configs/t2v.py:tiny, its packed rows) and `small` (the S/2 DiT on a
+  batch that runs in seconds on a CPU), each in float32 and bfloat16, then the best small
+  setting found by `--sweep` (batch shape, attention window, scan, remat) beside the baseline.
+- GPU (`--platform gpu`, or when JAX's default backend is a GPU): cuDNN attention, bf16,
+  bigger batches; MFU against the device's bf16 dense peak and against a measured bf16 matmul.
+
+    .venv/bin/python experiments/bench/train_step.py              # CPU, a few minutes on 2 cores
+    .venv/bin/python experiments/bench/train_step.py --sweep      # CPU: search small settings
+    python experiments/bench/train_step.py --platform gpu --quick  # GPU, under 3 minutes
+"""
+
+import argparse
+import dataclasses
+import functools
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from dit_flops import PackedShape, train_step_flops
+
+from soraj import optim
+from soraj.configs import t2v
+from soraj.generate import init_params
+from soraj.models import patching
+from soraj.models.conditioning import TextConfig
+from soraj.models.dit import DIT_PRESETS, DiT, DiTConfig
+from soraj.train import train_step
+
+RESULTS = Path(__file__).parent / "results"
+MATMULS_PER_STEP = 5
+# Dense bf16 peak FLOP/s by device_kind (vendor datasheets, without sparsity).
+GPU_BF16_PEAK = {"NVIDIA H100 80GB HBM3": 989e12, "NVIDIA H100": 989e12, "NVIDIA H200": 989e12}
+
+
+# ---- Settings ----
+
+
+@dataclasses.dataclass(frozen=True)
+class Setting:
+    """One timed train step: a DiT preset, its compute dtype, and the packed batch shape. Every
+    row holds as many whole clips of `clip_grid` patches as fit, the rest is padding; the clip
+    fills the token budget, which is the self-attention window (train_step's max_segment_tokens)."""
+
+    name: str
+    preset: str  # a DIT_PRESETS key
+    dtype: str
+    rows: int  # B
+    row_length: int  # L
+    clip_grid: tuple[int, int, int]  # (gt, gh, gw) of every clip
+    latent_channels: int = 8  # C
+    scan_blocks: bool = False
+    remat: str = "none"
+    attention_backend: str = "xla"
+
+    @property
+    def token_budget(self) -> int:
+        return int(np.prod(self.clip_grid))
+
+    @property
+    def segments(self) -> int:  # S
+        return max(1, self.row_length // self.token_budget)
+
+
+def cpu_settings() -> list[Setting]:
+    """tiny: t2v.py:tiny's rows (8 × 192 tokens, 4 clips of 3×4×4 patches: 9×32×32 frames through
+    the 4×4×4 Shapes VAE). small: the S/2 DiT on 2 rows of 1024 tokens, 4 clips of 4×8×8 patches
+    each (13 frames of 64×64 through a 4×8×8 VAE, C = 16)."""
+    tiny = dict(preset="tiny", rows=8, row_length=192, clip_grid=(3, 4, 4))
+    small = dict(preset="S/2", rows=2, row_length=1024, clip_grid=(4, 8, 8), latent_channels=16)
+    return [
+        Setting(f"{name}_{dtype}", dtype=dtype, **kwargs)
+        for name, kwargs in (("tiny", tiny), ("small", small))
+        for dtype in ("float32", "bfloat16")
+    ]
+
+
+# ---- The step ----
+
+
+def dit_config(setting: Setting, text_width: int) -> DiTConfig:
+    """The preset's DiTConfig with this setting's compute dtype, latents and switches; scan and
+    remat only where DiTConfig has them."""
+    changes = dict(
+        dtype=setting.dtype,
+        latent_channels=setting.latent_channels,
+        text_width=text_width,
+        attention_backend=setting.attention_backend,
+    )
+    fields = {f.name for f in dataclasses.fields(DiTConfig)}
+    for name in ("scan_blocks", "remat"):
+        if name in fields:
+            changes[name] = getattr(setting, name)
+        elif getattr(setting, name) != getattr(Setting, name):
+            raise ValueError(f"DiTConfig has no {name!r} yet; setting {setting.name} needs it")
+    return dataclasses.replace(DIT_PRESETS[setting.preset], **changes)
+
+
+def synthetic_batch(setting: Setting, patch_features: int, text: TextConfig, seed: int = 0):
+    """A packed host batch (DESIGN.md §4) of whole clips with random latents and text states."""
+    rng = np.random.default_rng(seed)
+    B, L, S, n = setting.rows, setting.row_length, setting.segments, setting.token_budget
+    coords = np.asarray(patching.patch_coords(setting.clip_grid))  # (n, 3)
+    used = min(S * n, L)
+    segment_ids = np.zeros((B, L), np.int32)
+    segment_ids[:, :used] = np.repeat(np.arange(1, S + 1, dtype=np.int32), n)[:used]
+    row_coords = np.zeros((B, L, 3), np.int32)
+    row_coords[:, :used] = np.tile(coords, (S, 1))[:used]
+    return {
+        "latents": rng.standard_normal((B, L, patch_features), np.float32),
+        "coords": row_coords,
+        "segment_ids": segment_ids,
+        "cond_mask": np.zeros((B, L), bool),
+        "grid": np.broadcast_to(np.asarray(setting.clip_grid, np.int32), (B, S, 3)).copy(),
+        "text": rng.standard_normal((B, S, text.max_tokens, text.width), np.float32),
+        "text_mask": np.ones((B, S, text.max_tokens), bool),
+    }
+
+
+def twin(setting: Setting) -> Setting:
+    """The same model and batch unrolled, without remat, with XLA attention: the step whose HLO
+    XLA counts in full (a scan body is counted once, not depth times; remat adds recomputation
+    that is not model work; a cuDNN attention call is not counted at all)."""
+    return dataclasses.replace(setting, scan_blocks=False, remat="none", attention_backend="xla")
+
+
+class Stepper:
+    """The jitted, donating train step of one setting on its synthetic batch."""
+
+    def __init__(self, setting: Setting):
+        config = t2v.get_config("tiny")  # optimizer and diffusion settings of training
+        config.data.token_budget = setting.token_budget  # train_step's attention window
+        self.text = TextConfig(**config.text)
+        self.setting = setting
+        self.dit = DiT(dit_config(setting, self.text.width))
+        self.optimizer = optim.make_optimizer(config.optim)
+        params = nn.unbox(init_params(self.dit, self.text, jax.random.key(0)))
+        self.state = optim.TrainState.create(params, self.optimizer, jax.random.key(1))
+        host = synthetic_batch(setting, self.dit.config.patch_features, self.text)
+        self.batch = jax.device_put(host)
+        self.rng = jax.random.key(2)
+        step = functools.partial(
+            train_step, dit=self.dit, text=self.text, optimizer=self.optimizer, config=config
+        )
+        self.jitted = jax.jit(step, donate_argnums=0)
+        self.compiled = None
+
+    def compile(self) -> float:
+        started = time.perf_counter()
+        self.compiled = self.jitted.lower(self.state, self.batch, self.rng).compile()
+        return time.perf_counter() - started
+
+    def lowered_flops(self) -> float:
+        """XLA's cost analysis of the step's HLO as traced (no compile)."""
+        return float(self.jitted.lower(self.state, self.batch, self.rng).cost_analysis()["flops"])
+
+    def compiled_flops(self) -> float:
+        return float(self.compiled.cost_analysis()["flops"])
+
+    def hand_flops(self) -> int:
+        shape = PackedShape(
+            self.setting.rows,
+            self.setting.row_length,
+            self.setting.segments,
+            self.text.max_tokens,
+            self.text.width,
+            self.setting.token_budget,
+        )
+        return train_step_flops(self.dit.config, shape)
+
+    def seconds(self) -> float:
+        started = time.perf_counter()
+        self.state, metrics = self.compiled(self.state, self.batch, self.rng)
+        jax.block_until_ready((self.state, metrics))
+        return time.perf_counter() - started
+
+
+def matmul_seconds(size: int, dtype: str):
+    """A timer of one jitted (size, size) @ (size, size) product: 2·size³ FLOPs a call."""
+    a = jnp.asarray(np.random.default_rng(0).standard_normal((size, size)), dtype)
+    product = jax.jit(jnp.matmul).lower(a, a).compile()
+    jax.block_until_ready(product(a, a))
+
+    def seconds() -> float:
+        started = time.perf_counter()
+        jax.block_until_ready(product(a, a))
+        return time.perf_counter() - started
+
+    return seconds
+
+
+# ---- Measuring ----
+
+
+def measure(setting: Setting, repeats: int, matmul_timers: dict, log) -> dict:
+    """Compile, count and time one setting. Each timed step is followed by a few matmuls of the
+    step's dtype. Other processes on a shared machine only ever slow a call down, so the
+    fastest step and the fastest matmul are the best estimates of each on a quiet machine."""
+    stepper = Stepper(setting)
+    compile_seconds = stepper.compile()
+    counted = stepper if setting == twin(setting) else Stepper(twin(setting))
+    model_flops = counted.lowered_flops()
+    log(f"{setting.name}: compiled in {compile_seconds:.1f} s; {model_flops:.4g} FLOPs a step")
+    stepper.seconds()  # the first call after compiling also allocates the donated buffers
+    size, timer = matmul_timers[setting.dtype]
+    steps, matmuls = [], []
+    for _ in range(repeats):
+        steps.append(stepper.seconds())
+        matmuls += [2 * size**3 / timer() for _ in range(MATMULS_PER_STEP)]
+    result = {
+        "setting": dataclasses.asdict(setting),
+        "model_flops_per_step": model_flops,
+        "hand_flops_per_step": stepper.hand_flops(),
+        "step_seconds": min(steps),
+        "step_seconds_median": statistics.median(steps),
+        "matmul_flops_per_s_max": max(matmuls),
+        "compile_seconds": compile_seconds,
+    }
+    if counted is stepper:  # compiled counts are whole only for an unrolled step
+        result["compiled_flops_per_step"] = stepper.compiled_flops()
+    result["model_flops_per_s"] = model_flops / result["step_seconds"]
+    log(
+        f"{setting.name}: {min(steps):.3f} s a step (median {statistics.median(steps):.3f}), "
+        f"{result['model_flops_per_s'] / 1e9:.1f} GFLOP/s; matmul up to {max(matmuls) / 1e9:.1f}"
+    )
+    return result
+
+
+# ---- Settings per platform ----
+
+
+def best_cpu_settings() -> list[Setting]:
+    """The best small settings `--sweep` found on this CPU (results/train_step_sweep.json)."""
+    small = dict(preset="S/2", latent_channels=16)
+    return [
+        Setting(f"small_{dtype}_best", dtype=dtype, **small, **BEST_CPU_SHAPE)
+        for dtype in ("float32", "bfloat16")
+    ]
+
+
+BEST_CPU_SHAPE = dict(rows=1, row_length=1024, clip_grid=(4, 8, 8), scan_blocks=True)
+
+
+def sweep_settings() -> list[Setting]:
+    """Small float32 variants around the baseline: scan, remat, batch shape, window."""
+    base = next(s for s in cpu_settings() if s.name == "small_float32")
+    variants = {
+        "scan": dict(scan_blocks=True),
+        "scan_remat_dots": dict(scan_blocks=True, remat="dots_saveable"),
+        "scan_remat_full": dict(scan_blocks=True, remat="full"),
+        "scan_rows1": dict(scan_blocks=True, rows=1),
+        "scan_rows4_512": dict(scan_blocks=True, rows=4, row_length=512),
+        "scan_rows1_2048": dict(scan_blocks=True, rows=1, row_length=2048),
+        "scan_window128": dict(scan_blocks=True, clip_grid=(2, 8, 8)),
+        "scan_window512": dict(scan_blocks=True, clip_grid=(8, 8, 8)),
+        "scan_window1024": dict(scan_blocks=True, clip_grid=(4, 16, 16)),
+    }
+    return [base] + [
+        dataclasses.replace(base, name=f"small_float32_{name}", **changes)
+        for name, changes in variants.items()
+    ]
+
+
+def gpu_settings(quick: bool) -> list[Setting]:
+    """bf16 with cuDNN attention on t2v-sized rows: tiny on 9×32×32 clips, small (S/2) on rows of
+    4096 tokens holding three 17×256×256 clips (5×16×16 patches) each, as t2v.py:S/2 packs."""
+    cudnn = dict(dtype="bfloat16", attention_backend="cudnn")
+    tiny = dict(preset="tiny", row_length=192, clip_grid=(3, 4, 4))
+    small = dict(preset="S/2", row_length=4096, clip_grid=(5, 16, 16), latent_channels=16)
+    if quick:
+        return [
+            Setting("tiny_bfloat16", rows=64, **tiny, **cudnn),
+            Setting("small_bfloat16", rows=4, **small, **cudnn),
+        ]
+    return [
+        Setting("tiny_bfloat16", rows=256, **tiny, **cudnn),
+        Setting("small_bfloat16", rows=8, **small, **cudnn),
+        Setting("small_bfloat16_scan", rows=8, scan_blocks=True, **small, **cudnn),
+        Setting("small_bfloat16_rows16", rows=16, **small, **cudnn),
+    ]
+
+
+# ---- Main ----
+
+
+def flat_results(results: list[dict]) -> dict:
+    """The flat dict of the issue: model_flops_per_step_<name>, mfu_<name>, ... per setting."""
+    flat = {}
+    for result in results:
+        name = result["setting"]["name"]
+        for key in (
+            "model_flops_per_step",
+            "hand_flops_per_step",
+            "compiled_flops_per_step",
+            "mfu",
+            "step_seconds",
+            "step_seconds_median",
+            "model_flops_per_s",
+            "compile_seconds",
+        ):
+            if key in result:
+                flat[f"{key}_{name}"] = result[key]
+        flat[f"setting_{name}"] = result["setting"]
+    return flat
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--platform", choices=("cpu", "gpu"), default=None, help="default: JAX's default backend"
+    )
+    parser.add_argument("--quick", action="store_true", help="GPU: two settings, under 3 min")
+    parser.add_argument("--sweep", action="store_true", help="CPU: time the small variants")
+    parser.add_argument("--repeats", type=int, default=None, help="timed steps per setting")
+    parser.add_argument("--matmul-size", type=int, default=None)
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args()
+    platform = args.platform or ("gpu" if jax.default_backend() == "gpu" else "cpu")
+    if platform != jax.default_backend():
+        raise ValueError(
+            f"--platform {platform}, but JAX's default backend is {jax.default_backend()!r}"
+        )
+    started, load_before = time.perf_counter(), os.getloadavg()[0]
+
+    def log(message: str) -> None:
+        print(f"[{time.perf_counter() - started:6.1f} s] {message}", flush=True)
+
+    if platform == "gpu":
+        settings = gpu_settings(args.quick)
+        out = args.out or RESULTS / "train_step_gpu.json"
+        size, repeats = args.matmul_size or 8192, args.repeats or (5 if args.quick else 10)
+    elif args.sweep:
+        settings = sweep_settings()
+        out = args.out or RESULTS / "train_step_sweep.json"
+        size, repeats = args.matmul_size or 2048, args.repeats or 3
+    else:
+        settings = cpu_settings() + best_cpu_settings()
+        out = args.out or RESULTS / "train_step.json"
+        size, repeats = args.matmul_size or 2048, args.repeats or 3
+    dtypes = sorted({s.dtype for s in settings})
+    timers = {dtype: (size, matmul_seconds(size, dtype)) for dtype in dtypes}
+    device = jax.devices()[0]
+    log(f"{device.device_kind} ({platform}); {len(settings)} settings; matmul {size}³ in {dtypes}")
+
+    results = [measure(setting, repeats, timers, log) for setting in settings]
+
+    flat = {
+        "platform": platform,
+        "device_kind": device.device_kind,
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        "matmul_size": size,
+        "repeats": repeats,
+    }
+    for dtype in dtypes:  # the fastest of all the run's matmuls of that dtype
+        rate = max(r["matmul_flops_per_s_max"] for r in results if r["setting"]["dtype"] == dtype)
+        flat["matmul_flops_per_s" + ("" if dtype == "float32" else f"_{dtype}")] = rate
+        for r in results:
+            if r["setting"]["dtype"] == dtype:
+                r["mfu"] = r["model_flops_per_s"] / rate
+    if platform == "gpu":
+        peak = GPU_BF16_PEAK.get(device.device_kind)
+        flat["bf16_peak_flops_per_s"] = peak
+        for r in results:
+            if peak:
+                flat[f"mfu_of_peak_{r['setting']['name']}"] = r["model_flops_per_s"] / peak
+    flat.update(flat_results(results))
+    flat["load_average_before_after"] = [load_before, os.getloadavg()[0]]
+    flat["seconds"] = time.perf_counter() - started
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(flat, indent=1) + "\n")
+    print_table(results, flat)
+    log(f"wrote {out}")
+
+
+def print_table(results: list[dict], flat: dict) -> None:
+    print(
+        f"\n{'setting':28s} {'tokens':>7s} {'GFLOP/step':>11s} {'xla/hand':>8s} "
+        f"{'s/step':>8s} {'GFLOP/s':>8s} {'MFU':>6s}"
+    )
+    for r in results:
+        s = r["setting"]
+        print(
+            f"{s['name']:28s} {s['rows'] * s['row_length']:7d} "
+            f"{r['model_flops_per_step'] / 1e9:11.1f} "
+            f"{r['model_flops_per_step'] / r['hand_flops_per_step']:8.3f} "
+            f"{r['step_seconds']:8.3f} {r['model_flops_per_s'] / 1e9:8.1f} {r['mfu']:6.3f}"
+        )
+    rates = {k: v for k, v in flat.items() if k.startswith("matmul_flops_per_s")}
+    print("matmul: " + ", ".join(f"{k} {v / 1e9:.1f} GFLOP/s" for k, v in rates.items()))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
