@@ -98,11 +98,27 @@ def logical_shardings(abstract_tree, mesh: Mesh, rules) -> object:
     """NamedSharding per leaf of a (possibly boxed) tree from jax.eval_shape.
 
     Leaves in `nn.Partitioned` / `nn.LogicallyPartitioned` boxes get their logical names mapped
-    through `rules`; plain leaves (scalars, PRNG keys, unannotated params) are replicated.
-    The result has the structure of the unboxed tree.
+    through `rules`; plain leaves (scalars, PRNG keys, unannotated params) are replicated. An
+    axis whose length its mesh axes do not divide stays whole (a VAE's 3-channel RGB output
+    conv on fsdp = 2, say), since jit cannot split it evenly. The result has the structure of
+    the unboxed tree.
     """
-    logical_specs = nn.get_partition_spec(abstract_tree)
-    return nn.logical_to_mesh_sharding(logical_specs, mesh, rules)
+    mesh_specs = nn.logical_to_mesh(nn.get_partition_spec(abstract_tree), rules)
+
+    def fitted(spec: PartitionSpec, leaf) -> NamedSharding:
+        entries = []
+        for length, axes in zip(leaf.shape, spec, strict=False):
+            names = (axes,) if isinstance(axes, str) else tuple(axes or ())
+            size = int(np.prod([mesh.shape[name] for name in names]))
+            entries.append(axes if length % size == 0 else None)
+        return NamedSharding(mesh, PartitionSpec(*entries))
+
+    is_box = lambda x: isinstance(x, nn.meta.AxisMetadata)  # noqa: E731
+    shapes = jax.tree.map(
+        lambda x: x.unbox(apply_constraint=False) if is_box(x) else x, abstract_tree, is_leaf=is_box
+    )
+    is_spec = lambda x: isinstance(x, PartitionSpec)  # noqa: E731
+    return jax.tree.map(fitted, mesh_specs, shapes, is_leaf=is_spec)
 
 
 def sharded_init(init_fn: Callable, rng, mesh: Mesh, rules) -> tuple:

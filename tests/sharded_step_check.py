@@ -10,15 +10,20 @@ import time
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from jax.sharding import PartitionSpec as P
 
 from soraj import optim, sharding
 from soraj.configs import t2v
 from soraj.generate import init_params
 from soraj.models.conditioning import TextConfig
+from soraj.models.discriminator import DiscriminatorConfig, PatchDiscriminator3D
 from soraj.models.dit import DiT, DiTConfig
+from soraj.models.vae import VAEConfig, VideoVAE
 from soraj.train import train_step
+from soraj.train_vae import VAETrainState
 
 MESHES = ((8, 1, 1, 1), (2, 4, 1, 1), (2, 2, 2, 1), (2, 2, 1, 2), (1, 1, 1, 1))
 # float32 sums split over devices add in a different order than on one device.
@@ -27,6 +32,7 @@ RTOL, ATOL = 1e-5, 1e-6
 # The mesh axis each logical name must land on, written out here rather than read from
 # sharding.py, so a wrong rule table fails. Names not listed stay whole.
 EXPECTED_DIT_AXES = {"embed": "fsdp", "mlp": "tensor", "heads": "tensor"}
+EXPECTED_VAE_AXES = {"conv_out": "fsdp"}
 
 
 # ---- A tiny text-conditioned DiT and one packed batch ----
@@ -87,8 +93,13 @@ def packed_batch(text_width, rows=8, length=32, segments=4, text_tokens=4, featu
 # ---- Checks ----
 
 
-def expected_spec(names, table) -> tuple:
-    return tuple(table.get(name) for name in names)
+def expected_spec(names, shape, table, mesh) -> tuple:
+    """The test's own reading of the rules: an axis whose length its mesh axis does not
+    divide stays whole."""
+    axes = [table.get(name) for name in names]
+    return tuple(
+        a if a is None or n % mesh.shape[a] == 0 else None for a, n in zip(axes, shape, strict=True)
+    )
 
 
 def stripped(spec) -> tuple:
@@ -99,7 +110,7 @@ def stripped(spec) -> tuple:
     return spec
 
 
-def check_specs(abstract, state, table, where) -> int:
+def check_specs(abstract, state, table, mesh, where) -> int:
     """Every boxed leaf of the abstract state sits on the mesh axes its names say; every other
     leaf is replicated. Returns the number of sharded leaves checked."""
     is_box = lambda x: isinstance(x, nn.Partitioned)  # noqa: E731
@@ -108,11 +119,44 @@ def check_specs(abstract, state, table, where) -> int:
     assert len(boxes) == len(arrays), where
     sharded = 0
     for box, array in zip(boxes, arrays, strict=True):
-        want = stripped(expected_spec(box.names, table)) if is_box(box) else ()
+        want = (
+            stripped(expected_spec(box.names, box.value.shape, table, mesh)) if is_box(box) else ()
+        )
         got = stripped(array.sharding.spec)
         assert got == want, f"{where}: names {getattr(box, 'names', None)} → {got}, want {want}"
         sharded += bool(want)
     return sharded
+
+
+def check_named_dit_specs(state):
+    """A few params, their Adam moments and the scalars, spelled out against the rule table."""
+    block = state.params["dit"]["block_0"]
+    named = {
+        "mlp in (embed, mlp)": (block["mlp"]["Dense_0"]["kernel"], P("fsdp", "tensor")),
+        "mlp out (mlp, embed)": (block["mlp"]["Dense_1"]["kernel"], P("tensor", "fsdp")),
+        "query (embed, heads, kv)": (block["self_attn"]["query"]["kernel"], P("fsdp", "tensor")),
+        "attention out (heads, kv, embed)": (
+            block["self_attn"]["out"]["kernel"],
+            P("tensor", None, "fsdp"),
+        ),
+        "patch_embed (patch, embed)": (
+            state.params["dit"]["patch_embed"]["kernel"],
+            P(None, "fsdp"),
+        ),
+        "adaLN (embed, modulation)": (block["adaLN"]["kernel"], P("fsdp")),
+        "a bias": (block["adaLN"]["bias"], P()),
+        "step": (state.step, P()),
+        "rng": (state.rng, P()),
+    }
+    moments = jax.tree_util.tree_flatten_with_path(state.opt_state)[0]
+    for path, leaf in moments:
+        key = jax.tree_util.keystr(path)
+        if key.endswith("['dit']['block_0']['mlp']['Dense_0']['kernel']"):
+            named[f"moment {key}"] = (leaf, P("fsdp", "tensor"))
+    assert sum(name.startswith("moment") for name in named) == 2, "mu and nu of the mlp kernel"
+    for name, (array, spec) in named.items():
+        got = stripped(array.sharding.spec)
+        assert got == stripped(spec), f"{name}: {got}, want {spec}"
 
 
 def assert_trees_close(state, reference, where):
@@ -122,6 +166,47 @@ def assert_trees_close(state, reference, where):
     for (path, want), got in zip(paths, jax.tree.leaves(state), strict=True):
         name = f"{where} {jax.tree_util.keystr(path)}"
         np.testing.assert_allclose(got, want, rtol=RTOL, atol=ATOL, err_msg=name)
+
+
+def check_vae_init():
+    """The VAE trainer's state (VAE, discriminator, both optimizers) made sharded on a
+    (data 4, fsdp 2) mesh: conv kernels split their output features over fsdp where it
+    divides them, and the values equal a plain init."""
+    model = VideoVAE(
+        VAEConfig(
+            base_channels=8,
+            channel_multipliers=(1, 1, 2),
+            num_res_blocks=0,
+            latent_channels=4,
+            temporal_downsample=(False, False),
+            spatial_downsample=(True, True),
+            mid_attention=True,
+        )
+    )
+    critic = PatchDiscriminator3D(DiscriminatorConfig(base_channels=8, num_downsamples=1))
+    optimizer = optim.make_optimizer(t2v.get_config("tiny").optim)
+    video = jnp.zeros((1, 1, 8, 8, 3))
+
+    def init_state(rng, init="init_boxed"):
+        vae_rng, state_rng, disc_rng = jax.random.split(rng, 3)
+        params = getattr(model, init)(vae_rng, video)["params"]
+        disc_params = getattr(critic, init)(disc_rng, video)["params"]
+        return VAETrainState.create(params, optimizer, state_rng).replace(
+            disc_params=disc_params, disc_opt_state=optimizer.init(disc_params)
+        )
+
+    rng = jax.random.key(0)
+    mesh = sharding.make_mesh(ml_collections.ConfigDict(dict(data=4, fsdp=2)))
+    state, _ = sharding.sharded_init(init_state, rng, mesh, sharding.VAE_RULES)
+    abstract = jax.eval_shape(init_state, rng)
+    sharded = check_specs(abstract, state, EXPECTED_VAE_AXES, mesh, "VAE on (4, 2)")
+    rgb_out = state.params["decoder"]["CausalConv3d_1"]["Conv_0"]["kernel"]
+    assert rgb_out.shape[-1] == 3 and stripped(rgb_out.sharding.spec) == (), "RGB conv is whole"
+    plain = jax.jit(functools.partial(init_state, init="init"))(rng)
+    for got, want in zip(jax.tree.leaves(state), jax.tree.leaves(plain), strict=True):
+        if not jax.dtypes.issubdtype(want.dtype, jax.dtypes.prng_key):
+            np.testing.assert_array_equal(got, want)
+    print(f"VAE + discriminator state on (4, 2): {sharded} sharded leaves, values as plain init")
 
 
 def main():
@@ -148,7 +233,9 @@ def main():
         devices = jax.devices()[: int(np.prod(sizes))]
         mesh = sharding.make_mesh(ml_collections.ConfigDict(mesh_config), devices)
         state, shardings = sharding.sharded_init(init_state, rng, mesh, sharding.DIT_RULES)
-        sharded = check_specs(abstract, state, EXPECTED_DIT_AXES, f"mesh {sizes}")
+        sharded = check_specs(abstract, state, EXPECTED_DIT_AXES, mesh, f"mesh {sizes}")
+        if sizes == (2, 2, 2, 1):
+            check_named_dit_specs(state)
         jitted = sharding.jit_train_step(step, shardings, mesh, sharding.DIT_RULES)
         losses = []
         for _ in range(2):
@@ -156,12 +243,13 @@ def main():
             losses.append(float(metrics["loss"]))
         assert jitted._cache_size() == 1, f"mesh {sizes}: {jitted._cache_size()} compilations"
         np.testing.assert_allclose(losses, reference_losses, rtol=RTOL, err_msg=f"{sizes}")
-        check_specs(abstract, state, EXPECTED_DIT_AXES, f"mesh {sizes} after two steps")
+        check_specs(abstract, state, EXPECTED_DIT_AXES, mesh, f"mesh {sizes} after two steps")
         assert_trees_close(state, reference, f"mesh {sizes}")
         print(
             f"mesh {sizes}: losses {losses} (one device {reference_losses}); "
             f"{sharded} sharded leaves; one compilation; {time.time() - start:.1f} s"
         )
+    check_vae_init()
     print("ALL OK")
 
 

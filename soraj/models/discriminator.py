@@ -8,7 +8,7 @@ import jax.numpy as jnp
 
 # The VAE's CPU path for 3D convs (a batched 2D conv per temporal tap): XLA:CPU's own 3D
 # convolution ran this discriminator's forward and backward several times slower.
-from soraj.models.layers import conv3d_as_frame_convs
+from soraj.models.layers import box_conv_net_kernels, conv3d_as_frame_convs
 
 # Shape letters: B batch, T frames, H height, W width, F conv features.
 
@@ -63,6 +63,10 @@ class PatchDiscriminator3D(nn.Module):
     """
 
     config: DiscriminatorConfig
+
+    def init_boxed(self, *args, **kwargs):
+        """init with kernels boxed in logical axis names (conv_time, ..., conv_out)."""
+        return box_conv_net_kernels(self.init(*args, **kwargs))
 
     @nn.compact
     def __call__(self, video):  # (B, T, H, W, 3)

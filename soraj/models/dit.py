@@ -32,6 +32,9 @@ from soraj.models.layers import (
 
 DTYPES = ("float32", "bfloat16", "float16")
 CONDITIONINGS = ("text", "class")
+# What a rematerialised block keeps for the backward pass (None: nothing but its inputs).
+REMAT_POLICIES = {"full": None, "dots_saveable": jax.checkpoint_policies.dots_saveable}
+REMAT_CHOICES = ("none", *REMAT_POLICIES)
 
 
 #################### Config and presets ####################
@@ -52,6 +55,11 @@ class DiTConfig:
     # segment enters adaLN only (no cross-attention); row `num_classes` is the null label.
     conditioning: str = "text"
     num_classes: int = 0
+    # Scale-out switches: the blocks as one nn.scan over stacked params (one block to compile;
+    # their leading axis is the logical "layers"), and recomputing block activations in the
+    # backward pass ("full": keep only block inputs; "dots_saveable": keep matmul outputs).
+    scan_blocks: bool = False
+    remat: str = "none"
 
     def __post_init__(self):
         if self.conditioning not in CONDITIONINGS:
@@ -67,6 +75,8 @@ class DiTConfig:
                 f"attention_backend={self.attention_backend!r}; "
                 f"allowed: {', '.join(ATTENTION_BACKENDS)}"
             )
+        if self.remat not in REMAT_CHOICES:
+            raise ValueError(f"remat={self.remat!r}; allowed: {', '.join(REMAT_CHOICES)}")
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype={self.dtype!r}; allowed: {', '.join(DTYPES)}")
         if len(self.patch_size) != 3 or min(self.patch_size) < 1:
@@ -111,6 +121,11 @@ def _dense(features: int, axes: tuple[str, str], dtype, zero: bool = False, name
         kernel_init=dense_init(axes, init),
         name=name,
     )
+
+
+def tokens_constraint(x):
+    """(B, L, D) activations laid out by the logical rules in force (none: unchanged)."""
+    return nn.with_logical_constraint(x, ("batch", "tokens", "embed"))
 
 
 #################### Attention sublayer ####################
@@ -364,16 +379,35 @@ class DiT(nn.Module):
 
         # ---- Blocks ----
         rope = rope_3d(coords, cfg.head_dim)  # cos, sin (B, L, K/2)
-        for i in range(cfg.depth):
-            x = DiTBlock(cfg, name=f"block_{i}")(
-                x,
-                c,
-                rope,
-                segment_ids,
-                text_states,
-                text_segment_ids,
-                text_mask,
-                window=max_segment_tokens,
-            )  # (B, L, D)
+        # Under a mesh, tokens are split over "context" (sequence parallelism) at every block
+        # boundary; attention gathers what it needs, as GSPMD decides.
+        x, c = tokens_constraint(x), tokens_constraint(c)
+        block_args = (c, rope, segment_ids, text_states, text_segment_ids, text_mask)
+        block = DiTBlock
+        if cfg.remat != "none":
+            # window (argument 8, counting self) is a Python int that shapes the computation.
+            policy = REMAT_POLICIES[cfg.remat]
+            # prevent_cse guards unrolled blocks; scan already keeps the recomputation apart.
+            block = nn.remat(
+                DiTBlock, policy=policy, static_argnums=(8,), prevent_cse=not cfg.scan_blocks
+            )
+        if cfg.scan_blocks:
+
+            def body(module, x, *args):
+                return tokens_constraint(module(x, *args, max_segment_tokens)), None
+
+            scan = nn.scan(
+                body,
+                variable_axes={"params": 0},
+                split_rngs={"params": True},
+                in_axes=(nn.broadcast,) * len(block_args),
+                length=cfg.depth,
+                metadata_params={nn.PARTITION_NAME: "layers"},
+            )
+            x, _ = scan(block(cfg, name="blocks"), x, *block_args)  # (B, L, D)
+        else:
+            for i in range(cfg.depth):
+                x = block(cfg, name=f"block_{i}")(x, *block_args, max_segment_tokens)
+                x = tokens_constraint(x)  # (B, L, D)
 
         return FinalLayer(cfg, name="final")(x, c).astype(jnp.float32)  # (B, L, P)

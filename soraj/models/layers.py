@@ -395,6 +395,27 @@ class TimestepEmbedder(nn.Module):
 # ---- Convolution -------------------------------------------------------------------------
 
 
+# Logical axis names of a 3D conv kernel (kt, kh, kw, F_in, F_out) and a dense one (F_in, F_out).
+CONV_KERNEL_AXES = ("conv_time", "conv_height", "conv_width", "conv_in", "conv_out")
+DENSE_KERNEL_AXES = ("conv_in", "conv_out")
+
+
+def box_conv_net_kernels(variables):
+    """Variables of a conv net (the VAE, the discriminator) with every kernel boxed in its
+    logical axis names, for sharding.sharded_init; biases and norm scales stay plain.
+
+    In these nets every 5D param is a 3D conv kernel and every 2D one a dense kernel. Boxing
+    after init rather than in each layer keeps the plain `init` (and so every checkpoint and
+    export) exactly as it was.
+    """
+    axes = {5: CONV_KERNEL_AXES, 2: DENSE_KERNEL_AXES}
+
+    def box(x):
+        return nn.LogicallyPartitioned(x, axes[x.ndim]) if x.ndim in axes else x
+
+    return jax.tree.map(box, variables)
+
+
 def conv3d_as_frame_convs(lhs, rhs, window_strides, padding, *, precision=None, **unused):
     """Channel-last 3D conv (time unpadded) as a sum of one batched 2D conv per temporal tap.
 

@@ -6,7 +6,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from soraj.models.layers import conv3d_as_frame_convs
+from soraj.models.layers import box_conv_net_kernels, conv3d_as_frame_convs
 
 # Shape letters: B batch, T frames, H height, W width, F conv features, C latent channels.
 # Pixel-space frames are written T_px (= 1 + ft·k) where the latent frames T (= 1 + k) differ.
@@ -375,6 +375,10 @@ class VideoVAE(nn.Module):
     def setup(self):
         self.encoder = Encoder(self.config)
         self.decoder = Decoder(self.config)
+
+    def init_boxed(self, *args, **kwargs):
+        """init with kernels boxed in logical axis names (conv_time, ..., conv_out)."""
+        return box_conv_net_kernels(self.init(*args, **kwargs))
 
     def encode(self, video):  # (B, T_px, H·fs, W·fs, 3)
         if video.ndim != 5 or video.shape[-1] != 3:
