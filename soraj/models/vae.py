@@ -260,7 +260,9 @@ class FrameSelfAttention(nn.Module):
         dense = lambda name: nn.Dense(f, dtype=self.dtype, param_dtype=jnp.float32, name=name)
         tokens = FrameGroupNorm()(x).reshape(b * t, h * w, f)  # (B·T, H·W, F)
         q, k, v = dense("query")(tokens), dense("key")(tokens), dense("value")(tokens)
-        logits = jnp.einsum("bqf,bkf->bqk", q, k).astype(jnp.float32) / jnp.sqrt(f)
+        # Logits accumulate and stay in f32: a bf16 logit of ~100 has a spacing of 0.5.
+        logits = jnp.einsum("bqf,bkf->bqk", q, k, preferred_element_type=jnp.float32)
+        logits = logits / jnp.sqrt(f)  # (B·T, H·W, H·W)
         weights = jax.nn.softmax(logits, axis=-1).astype(self.dtype)  # (B·T, H·W, H·W)
         attended = jnp.einsum("bqk,bkf->bqf", weights, v)  # (B·T, H·W, F)
         return x + dense("out")(attended).reshape(b, t, h, w, f)  # (B, T, H, W, F)
