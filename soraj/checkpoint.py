@@ -290,9 +290,15 @@ def export_params(directory: str | os.PathLike, params, config: dict, dtype=jnp.
     if staging.exists():
         shutil.rmtree(staging)
     staging.mkdir(parents=True)
-    params = jax.tree.map(lambda p: np.asarray(jnp.asarray(p, dtype)), params)
+    # Host arrays (ml_dtypes casts round to nearest even, as XLA's convert does).
+    params = jax.tree.map(lambda p: np.asarray(p).astype(dtype), params)
     config = dict(config, param_dtype=jnp.dtype(dtype).name)
-    with ocp.StandardCheckpointer() as checkpointer:
+    # The calling process writes alone: with several processes only process 0 exports, and
+    # orbax's default would wait at a barrier for the others.
+    this_process = ocp.options.MultiprocessingOptions(
+        primary_host=jax.process_index(), active_processes={jax.process_index()}
+    )
+    with ocp.StandardCheckpointer(multiprocessing_options=this_process) as checkpointer:
         checkpointer.save(staging / EXPORT_PARAMS, params)
     (staging / EXPORT_CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True))
     previous = directory.with_name(directory.name + ".old")
