@@ -41,7 +41,7 @@ def test_timestep_features_of_a_bf16_dit_are_float32():
     )
     model = DiT(config)
     params = nn.unbox(jax.jit(model.init)(jax.random.key(0), *inputs))
-    _, state = model.apply(params, *inputs, mutable=["intermediates"])
+    _, state = jax.jit(lambda p: model.apply(p, *inputs, mutable=["intermediates"]))(params)
     (features,) = state["intermediates"]["t_embedder"]["frequency_embedding"]
     assert features.dtype == jnp.float32
     want = sinusoid_closed_form(t)
