@@ -38,7 +38,7 @@ EXPECTED_VAE_AXES = {"conv_out": "fsdp"}
 # ---- A tiny text-conditioned DiT and one packed batch ----
 
 
-def tiny_setup():
+def tiny_setup(scan_blocks=False):
     config = t2v.get_config("tiny")
     config.optim.warmup_steps = 0  # a full-size first step, so params move
     config.data.token_budget = 8  # self-attention in windows of 24 keys over 32-token rows
@@ -51,6 +51,7 @@ def tiny_setup():
             patch_size=(1, 1, 1),
             latent_channels=8,
             text_width=text.width,
+            scan_blocks=scan_blocks,
         )
     )
     optimizer = optim.make_optimizer(config.optim)
@@ -168,6 +169,18 @@ def assert_trees_close(state, reference, where):
         np.testing.assert_allclose(got, want, rtol=RTOL, atol=ATOL, err_msg=name)
 
 
+def check_scanned_specs():
+    """With scan_blocks the block params gain a leading "layers" axis, which stays whole."""
+    init_state, _, _ = tiny_setup(scan_blocks=True)
+    mesh = sharding.make_mesh(ml_collections.ConfigDict(dict(data=2, fsdp=2, tensor=2)))
+    abstract = jax.eval_shape(init_state, jax.random.key(0))
+    shardings = sharding.logical_shardings(abstract, mesh, sharding.DIT_RULES)
+    blocks = shardings.params["dit"]["blocks"]
+    assert blocks["mlp"]["Dense_0"]["kernel"].spec == P(None, "fsdp", "tensor")
+    assert blocks["self_attn"]["out"]["kernel"].spec == P(None, "tensor", None, "fsdp")
+    print("scanned blocks on (2, 2, 2): (layers, embed, mlp) → (None, fsdp, tensor)")
+
+
 def check_vae_init():
     """The VAE trainer's state (VAE, discriminator, both optimizers) made sharded on a
     (data 4, fsdp 2) mesh: conv kernels split their output features over fsdp where it
@@ -253,6 +266,7 @@ def main():
             f"mesh {sizes}: losses {losses} (one device {reference_losses}); "
             f"{sharded} sharded leaves; one compilation; {time.time() - start:.1f} s"
         )
+    check_scanned_specs()
     check_vae_init()
     print("ALL OK")
 
