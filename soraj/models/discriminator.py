@@ -8,7 +8,7 @@ import jax.numpy as jnp
 
 # The VAE's CPU path for 3D convs (a batched 2D conv per temporal tap): XLA:CPU's own 3D
 # convolution ran this discriminator's forward and backward several times slower.
-from soraj.models.layers import box_conv_net_kernels, conv3d_as_frame_convs
+from soraj.models.conv3d import box_conv_net_kernels, conv3d_as_frame_convs
 
 # Shape letters: B batch, T frames, H height, W width, F conv features.
 

@@ -6,7 +6,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from soraj.models.layers import box_conv_net_kernels, conv3d_as_frame_convs
+from soraj.models.conv3d import box_conv_net_kernels, conv3d_as_frame_convs
 
 # Shape letters: B batch, T frames, H height, W width, F conv features, C latent channels.
 # Pixel-space frames are written T_px (= 1 + ft·k) where the latent frames T (= 1 + k) differ.
