@@ -339,6 +339,8 @@ def make_dit(config, codec: LatentCodec, text: TextConfig) -> DiT:
             dtype=config.model.dtype,
             conditioning=config.model.conditioning,
             num_classes=config.model.num_classes if config.model.conditioning == "class" else 0,
+            scan_blocks=config.model.scan_blocks,
+            remat=config.model.remat,
         )
     )
     patching.grid_shape(latent[:3], dit.config.patch_size)  # validates divisibility early

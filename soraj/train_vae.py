@@ -311,11 +311,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path):
     def init_state(rng):
         init_rng, state_rng, disc_rng = jax.random.split(rng, 3)
         sample = jnp.zeros((1, shapes[0].frames, shapes[0].height, shapes[0].width, 3))
-        params = model.init(init_rng, sample)["params"]
+        # Kernels boxed with logical axis names, so the state is sharded by VAE_RULES.
+        params = model.init_boxed(init_rng, sample)["params"]
         state = VAETrainState.create(params, optimizer, state_rng)
         if discriminator is None:
             return state
-        disc_params = discriminator.init(disc_rng, sample)["params"]
+        disc_params = discriminator.init_boxed(disc_rng, sample)["params"]
         return state.replace(
             disc_params=disc_params, disc_opt_state=disc_optimizer.init(disc_params)
         )
