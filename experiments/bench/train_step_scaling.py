@@ -13,8 +13,10 @@
     Attention is XLA's (the only CPU backend), which keeps each block's softmax probabilities
     for the backward pass; TPU's splash kernel does not, so these are upper bounds there.
 
+    XLA_FLAGS=--xla_force_host_platform_device_count=8 JAX_PLATFORMS=cpu \\
+        .venv/bin/python experiments/bench/train_step_scaling.py --part throughput
     XLA_FLAGS=--xla_force_host_platform_device_count=256 JAX_PLATFORMS=cpu \\
-        .venv/bin/python experiments/bench/train_step_scaling.py
+        .venv/bin/python experiments/bench/train_step_scaling.py --part memory
 
 Writes results/train_step_scaling.json and the tables in results/train_step_scaling.md.
 """
@@ -32,7 +34,7 @@ import flax.linen as nn
 import jax
 import ml_collections
 import numpy as np
-from train_step import Setting, synthetic_batch
+from train_step import TEXT_WIDTH, Setting, synthetic_batch
 
 from soraj import optim, sharding
 from soraj.configs import t2v
@@ -45,6 +47,9 @@ RESULTS = Path(__file__).parent / "results"
 GIB = 2**30
 HBM_GIB = {"v5e": 16, "v6e": 32, "v5p": 95}  # per chip
 MESHES = ((8, 1), (32, 1), (64, 1), (256, 1), (8, 4), (64, 4))  # (fsdp, tensor)
+# Remat "full" keeps only each block's input for the backward pass, as a large preset trains;
+# "none" (everything kept) on the smallest mesh shows what that saves.
+MEMORY_GRID = tuple((mesh, "full") for mesh in MESHES) + (((8, 1), "none"),)
 PRESETS = ("S/2", "B/2", "L/2", "XL/2")
 # Every clip of a row fills the token budget of its t2v.py preset: 5×16×16 patches (17 frames
 # of 256² through a 4×8×8 VAE, 1×2×2 patches) for S/2 and B/2, 9×16×16 (33 frames) for L and XL.
@@ -61,7 +66,7 @@ def step_parts(setting: Setting, config):
         DIT_PRESETS[setting.preset],
         dtype=setting.dtype,
         latent_channels=setting.latent_channels,
-        text_width=text.width,
+        text_width=TEXT_WIDTH,
         scan_blocks=setting.scan_blocks,
         remat=setting.remat,
     )
@@ -186,57 +191,65 @@ def memory_per_device(preset: str, fsdp: int, tensor: int, remat: str) -> dict:
 def markdown(result: dict) -> str:
     lines = ["## Throughput of the tiny train step on fake CPU devices (same global batch)", ""]
     lines += ["| devices | steps/s | ratio to 1 device |", "|---|---|---|"]
-    scaling = result["throughput"]
+    scaling = result.get("throughput", {"steps_per_s": {}})
     for n, rate in scaling["steps_per_s"].items():
         lines.append(f"| {n} | {rate:.2f} | {scaling['ratio_to_one_device'][n]:.2f} |")
     lines += ["", "## Memory per device (GiB), one packed row per device, bf16 compute", ""]
     chips = ", ".join(f"{name} {gib} GiB" for name, gib in HBM_GIB.items())
     lines += [f"HBM per chip: {chips}. Fits: the chips whose HBM holds the step.", ""]
-    lines += ["| preset | params (M) | fsdp | tensor | remat | GiB/device | fits |"]
-    lines += ["|---|---|---|---|---|---|---|"]
-    for m in result["memory"]:
+    lines += [
+        "| preset | params (M) | fsdp | tensor | remat | state GiB | temp GiB | total GiB | fits |"
+    ]
+    lines += ["|---|---|---|---|---|---|---|---|---|"]
+    for m in result.get("memory", []):
         gib = m["total_bytes"] / GIB
         fits = ", ".join(name for name, hbm in HBM_GIB.items() if gib <= hbm) or "none"
         lines.append(
             f"| {m['preset']} | {m['params'] / 1e6:.0f} | {m['fsdp']} | {m['tensor']} | "
-            f"{m['remat']} | {gib:.2f} | {fits} |"
+            f"{m['remat']} | {m['argument_bytes'] / GIB:.2f} | {m['temp_bytes'] / GIB:.2f} | "
+            f"{gib:.2f} | {fits} |"
         )
     return "\n".join(lines) + "\n"
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--part", choices=("throughput", "memory", "both"), default="both")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--presets", nargs="+", default=list(PRESETS))
-    parser.add_argument("--remat", nargs="+", default=["full", "none"])
     args = parser.parse_args()
-    needed = max(f * t for f, t in MESHES)
+    needed = 8 if args.part == "throughput" else max(f * t for f, t in MESHES)
     if jax.device_count() < needed:
         sys.exit(
-            f"needs {needed} devices, found {jax.device_count()}: run with XLA_FLAGS="
-            f"--xla_force_host_platform_device_count={needed} JAX_PLATFORMS=cpu"
+            f"--part {args.part} needs {needed} devices, found {jax.device_count()}: run with "
+            f"XLA_FLAGS=--xla_force_host_platform_device_count={needed} JAX_PLATFORMS=cpu"
         )
     started = time.perf_counter()
 
     def log(message: str) -> None:
         print(f"[{time.perf_counter() - started:6.1f} s] {message}", flush=True)
 
-    result = {"throughput": throughput((1, 2, 4, 8), args.repeats, log), "memory": []}
-    for preset in args.presets:
-        for fsdp, tensor in MESHES:
-            for remat in args.remat:
+    out = RESULTS / "train_step_scaling.json"
+    # A run of one part keeps the other part's committed numbers.
+    result = json.loads(out.read_text()) if out.exists() else {}
+    if args.part in ("throughput", "both"):
+        result["throughput"] = throughput((1, 2, 4, 8), args.repeats, log)
+        result["throughput_devices_in_process"] = jax.device_count()
+    if args.part in ("memory", "both"):
+        result["memory"] = []
+        for preset in args.presets:
+            for (fsdp, tensor), remat in MEMORY_GRID:
                 m = memory_per_device(preset, fsdp, tensor, remat)
                 result["memory"].append(m)
                 log(
                     f"{preset} fsdp {fsdp} tensor {tensor} remat {remat}: "
                     f"{m['total_bytes'] / GIB:.2f} GiB/device ({m['compile_seconds']:.0f} s)"
                 )
-    result["seconds"] = time.perf_counter() - started
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "train_step_scaling.json").write_text(json.dumps(result, indent=1) + "\n")
+    out.write_text(json.dumps(result, indent=1) + "\n")
     (RESULTS / "train_step_scaling.md").write_text(markdown(result))
     print(markdown(result))
-    log(f"wrote {RESULTS / 'train_step_scaling.json'} and .md")
+    log(f"wrote {out} and {out.with_suffix('.md').name}")
 
 
 if __name__ == "__main__":
