@@ -77,10 +77,12 @@ class NonFiniteGuard:
     late, so checking never stalls the device queue; a skipped step leaves the state finite,
     so the late read never lets a non-finite state through."""
 
-    def __init__(self, max_steps: int):
+    def __init__(self, max_steps: int, before_stop=None):
+        """before_stop: called before the error is raised, e.g. the checkpoint manager's
+        wait_until_finished, so the saves of earlier (finite) steps still complete."""
         if max_steps < 1:
             raise ValueError(f"config.max_nonfinite_steps must be ≥ 1, got {max_steps}")
-        self.max_steps = max_steps
+        self.max_steps, self.before_stop = max_steps, before_stop
         self._pending = None  # (step, device scalar) of the step before
 
     def check(self, step: int, streak) -> None:
@@ -97,6 +99,8 @@ class NonFiniteGuard:
     def _raise_if_over(self, step: int, streak) -> None:
         streak = int(jax.device_get(streak))
         if streak >= self.max_steps:
+            if self.before_stop is not None:
+                self.before_stop()
             raise FloatingPointError(
                 f"{streak} consecutive steps up to step {step} had non-finite gradients (each "
                 f"was skipped; the limit is config.max_nonfinite_steps={self.max_steps}). The "

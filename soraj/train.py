@@ -360,7 +360,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path):
     latent = codec.latent_shape(config.data.num_frames, config.data.height, config.data.width)
     mesh = sharding.make_mesh(config.mesh)
     optimizer = optim.make_optimizer(config.optim)
-    nonfinite = fault_tolerance.NonFiniteGuard(config.max_nonfinite_steps)
     iterator, build_batch = training_data(config, codec, vae_dir, text, dit.config.patch_size, mesh)
 
     def init_state(rng):
@@ -395,6 +394,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path):
     )
     writer = MetricWriter(workdir, config.total_steps, start_step, "train")
     watchdog = distributed.StepWatchdog(config.distributed.step_timeout)
+    nonfinite = fault_tolerance.NonFiniteGuard(
+        config.max_nonfinite_steps, before_stop=manager.wait_until_finished
+    )
     with fault_tolerance.PreemptionPoint() as preemption, contextlib.closing(watchdog):
         for step in range(start_step, config.total_steps):
             watchdog.step_started(step + 1)

@@ -356,8 +356,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path):
     )
     encode, reconstruct = jitted_codec(model)
     writer = MetricWriter(workdir, config.total_steps, start_step, "train-vae")
-    nonfinite = fault_tolerance.NonFiniteGuard(config.max_nonfinite_steps)
     watchdog = distributed.StepWatchdog(config.distributed.step_timeout)
+    nonfinite = fault_tolerance.NonFiniteGuard(
+        config.max_nonfinite_steps, before_stop=manager.wait_until_finished
+    )
     samples_per_step = sum(shape.batch_size for shape in shapes)
     stats_batches = []
     with fault_tolerance.PreemptionPoint() as preemption, contextlib.closing(watchdog):

@@ -64,9 +64,10 @@ def test_two_processes_train_like_one_process_with_four_devices(tmp_path):
         "distributed.initialize": True,
         "distributed.coordinator_address": f"localhost:{port}",
         "distributed.num_processes": 2,
-        "distributed.initialization_timeout": 60,
-        "distributed.heartbeat_timeout": 30,
-        "distributed.step_timeout": 120,
+        # Generous: three processes compile at once on a 2-core machine. The watchdog and
+        # failure paths have their own tests (test_distributed.py).
+        "distributed.initialization_timeout": 120,
+        "distributed.heartbeat_timeout": 60,
     }
     processes = [
         subprocess.Popen(
@@ -87,8 +88,8 @@ def test_two_processes_train_like_one_process_with_four_devices(tmp_path):
     finally:
         for p in processes:
             p.kill()
-    for p, output in zip(processes, outputs, strict=True):
-        assert p.returncode == 0, output
+    report = "\n".join(f"--- process {i}:\n{output}" for i, output in enumerate(outputs))
+    assert [p.returncode for p in processes] == [0, 0], report
     assert one.returncode == 0, one.stdout + one.stderr
     assert "mesh {'data': 4" in outputs[0] and "mesh {'data': 4" in one.stdout
 
