@@ -4,12 +4,11 @@ The step is soraj.train.train_step, jitted with donation as the trainer jits it,
 synthetic packed batch: rows of whole clips (one patch grid each, contiguous segments, tail
 padding) with random latents and random text states, so no VAE or text encoder runs.
 
-- Model FLOPs per step: XLA's cost analysis of the compiled step
-  (`jit(...).lower(...).compile().cost_analysis()["flops"]`), checked against the hand count
-  of every matmul in dit_flops.py. Under remat XLA also counts the recomputed forward, which is
-  not model work, so each setting's model FLOPs come from the same shape compiled without remat.
-- MFU = model FLOPs / step seconds / the FLOP/s of a large jitted matmul of the same dtype,
-  timed in the same run (float32, and bfloat16 for bfloat16 compute).
+- Model FLOPs per step: XLA's cost analysis of the step's HLO as traced, with the blocks
+  unrolled, no remat and XLA attention (see `twin`), checked against the hand count of every
+  matmul in dit_flops.py; where this JAX gives no such count (its GPU backend), the hand count.
+- MFU = model FLOPs / the fastest step's seconds / the FLOP/s of the fastest large jitted
+  matmul of the same dtype, timed in turns with the steps (float32, and bfloat16 for bfloat16).
 - Presets: `tiny` (soraj/configs/t2v.py:tiny, its packed rows) and `small` (the S/2 DiT on a
   batch that runs in seconds on a CPU), each in float32 and bfloat16, then the best small
   setting found by `--sweep` (batch shape, attention window, scan, remat) beside the baseline.
