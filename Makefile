@@ -22,7 +22,7 @@ demo: $(VENV)/.installed
 	$(PY) -m soraj demo --prompt "$(PROMPT)" --out $(OUT)
 
 test: $(VENV)/.installed
-	JAX_PLATFORMS=cpu $(PY) -m pytest tests -q
+	JAX_PLATFORMS=cpu $(PY) -m pytest tests -q -n 2  # two workers: most tests wait on XLA compiles or subprocesses
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .

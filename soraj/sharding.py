@@ -6,6 +6,7 @@ names ("batch", "embed", "mlp", ...); the tables below map them onto the mesh, a
 inserts the collectives.
 """
 
+import warnings
 from collections.abc import Callable
 
 import flax.linen as nn
@@ -104,6 +105,7 @@ def logical_shardings(abstract_tree, mesh: Mesh, rules) -> object:
     the unboxed tree.
     """
     mesh_specs = nn.logical_to_mesh(nn.get_partition_spec(abstract_tree), rules)
+    kept_whole = []  # (bytes, length, mesh axes) of each axis left whole
 
     def fitted(spec: PartitionSpec, leaf) -> NamedSharding:
         entries = []
@@ -111,6 +113,8 @@ def logical_shardings(abstract_tree, mesh: Mesh, rules) -> object:
             names = (axes,) if isinstance(axes, str) else tuple(axes or ())
             size = int(np.prod([mesh.shape[name] for name in names]))
             entries.append(axes if length % size == 0 else None)
+            if length % size:
+                kept_whole.append((leaf.size * leaf.dtype.itemsize, length, names, size))
         return NamedSharding(mesh, PartitionSpec(*entries))
 
     is_box = lambda x: isinstance(x, nn.meta.AxisMetadata)  # noqa: E731
@@ -118,7 +122,18 @@ def logical_shardings(abstract_tree, mesh: Mesh, rules) -> object:
         lambda x: x.unbox(apply_constraint=False) if is_box(x) else x, abstract_tree, is_leaf=is_box
     )
     is_spec = lambda x: isinstance(x, PartitionSpec)  # noqa: E731
-    return jax.tree.map(fitted, mesh_specs, shapes, is_leaf=is_spec)
+    shardings = jax.tree.map(fitted, mesh_specs, shapes, is_leaf=is_spec)
+    if kept_whole:  # said out loud: a large model left whole may not fit the devices
+        total = sum(leaf_bytes for leaf_bytes, *_ in kept_whole)
+        examples = sorted({(length, names, size) for _, length, names, size in kept_whole})[:4]
+        described = ", ".join(f"length {n} over {'×'.join(a)}={k}" for n, a, k in examples)
+        warnings.warn(
+            f"{len(kept_whole)} array axes ({total / 2**20:.1f} MiB of arrays) stay whole on "
+            f"every device because their mesh axes do not divide them ({described}); choose "
+            "mesh sizes that divide the model's widths to shard them",
+            stacklevel=2,
+        )
+    return shardings
 
 
 def sharded_init(init_fn: Callable, rng, mesh: Mesh, rules) -> tuple:

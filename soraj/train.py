@@ -368,7 +368,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path):
 
     rng = jax.random.key(config.seed)
     manager = checkpoint.make_manager(
-        workdir, config.keep_checkpoints, config.save_every, config.keep_period
+        config.checkpoint_dir or workdir,
+        config.keep_checkpoints,
+        config.save_every,
+        config.keep_period,
     )
     state, state_shardings, data_state, start_step = fault_tolerance.resume_or_start(
         manager, init_state, rng, mesh, sharding.DIT_RULES
@@ -414,7 +417,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path):
                 data_state = all_shard_states(iterator.get_state())
                 metadata = checkpoint.training_metadata(config, mesh)
                 checkpoint.save_train_state(manager, done, state, data_state, metadata, force=True)
-                export(workdir, dit, state, config, text, vae_dir, build_batch.class_names)
+                # With several processes, process 0 writes the export only after the last
+                # step, so no host waits on its writing inside the loop.
+                if jax.process_count() == 1 or done == config.total_steps:
+                    export(workdir, dit, state, config, text, vae_dir, build_batch.class_names)
             if preempted:
                 manager.wait_until_finished()
                 writer.close()

@@ -323,7 +323,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path):
 
     rng = jax.random.key(config.seed)
     manager = checkpoint.make_manager(
-        workdir, config.keep_checkpoints, config.save_every, config.keep_period
+        config.checkpoint_dir or workdir,
+        config.keep_checkpoints,
+        config.save_every,
+        config.keep_period,
     )
     state, state_shardings, data_state, start_step = fault_tolerance.resume_or_start(
         manager, init_state, rng, mesh, sharding.VAE_RULES
@@ -386,7 +389,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path):
                 data_state = {name: it.get_state() for name, it in iterators.items()}
                 metadata = checkpoint.training_metadata(config, mesh)
                 checkpoint.save_train_state(manager, done, state, data_state, metadata, force=True)
-                export(workdir, model, state, config, stats_batches, encode)
+                # With several processes, process 0 writes the export only after the last
+                # step, so no host waits on its writing inside the loop.
+                if jax.process_count() == 1 or done == config.total_steps:
+                    export(workdir, model, state, config, stats_batches, encode)
             if preempted:
                 manager.wait_until_finished()
                 writer.close()

@@ -162,7 +162,11 @@ def poison_steps(monkeypatch, steps):
 
 def test_non_finite_steps_are_skipped_and_counted(monkeypatch, tmp_path):
     poison_steps(monkeypatch, {3, 4})
-    state = train.train_and_evaluate(make_config(total_steps=6, save_every=6), tmp_path)
+    store = tmp_path / "store"  # config.checkpoint_dir: checkpoints apart from the workdir
+    config = make_config(total_steps=6, save_every=6, checkpoint_dir=str(store))
+    state = train.train_and_evaluate(config, tmp_path / "work")
+    tmp_path = tmp_path / "work"
+    assert (store / "checkpoints" / "6").is_dir() and not (tmp_path / "checkpoints").exists()
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["skipped_steps"] for r in records] == [0, 0, 1, 2, 2, 2]
     assert [r["nonfinite_streak"] for r in records] == [0, 0, 1, 2, 0, 0]

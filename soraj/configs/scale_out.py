@@ -21,7 +21,10 @@ def add_fields(config: ml_collections.ConfigDict) -> None:
             step_timeout=0,  # seconds one step may take before the watchdog ends the job (0: off)
         )
     )
-    # Checkpoints keep the last keep_checkpoints plus every keep_period-th step (0: none).
+    # Checkpoints go to CHECKPOINT_DIR/checkpoints: a local or shared folder, or a URL such as
+    # gs://bucket/run that orbax writes (gs:// needs `pip install gcsfs`); "" = the workdir.
+    # They keep the last keep_checkpoints plus every keep_period-th step (0: none).
+    config.checkpoint_dir = ""
     config.keep_period = 0
     # The run stops after this many consecutive steps with non-finite gradients (each is
     # skipped by optax.apply_if_finite); no non-finite state is ever saved.
