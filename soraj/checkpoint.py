@@ -140,6 +140,17 @@ def make_manager(
     return ocp.CheckpointManager(directory, options=options, item_handlers=handlers)
 
 
+def manager_from_config(config, workdir) -> ocp.CheckpointManager:
+    """The manager a trainer's config asks for: under config.checkpoint_dir (or the workdir),
+    saving every config.save_every steps, keeping keep_checkpoints plus every keep_period-th."""
+    return make_manager(
+        config.checkpoint_dir or workdir,
+        config.keep_checkpoints,
+        config.save_every,
+        config.keep_period,
+    )
+
+
 def save_train_state(manager, step: int, state, data_state: dict, metadata: dict, force=False):
     """Starts an async save of state, the data iterator position and metadata as one step, and
     returns whether it did (orbax skips steps off the save_every grid unless force). Checks

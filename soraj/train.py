@@ -367,12 +367,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path):
         return optim.TrainState.create(init_params(dit, text, init_rng), optimizer, state_rng)
 
     rng = jax.random.key(config.seed)
-    manager = checkpoint.make_manager(
-        config.checkpoint_dir or workdir,
-        config.keep_checkpoints,
-        config.save_every,
-        config.keep_period,
-    )
+    manager = checkpoint.manager_from_config(config, workdir)
     state, state_shardings, data_state, start_step = fault_tolerance.resume_or_start(
         manager, init_state, rng, mesh, sharding.DIT_RULES
     )
