@@ -13,10 +13,10 @@ from soraj.configs import t2v
 from soraj.data.latent_cache import LatentCache
 from soraj.data.packed_pipeline import caption_from_bytes
 from soraj.data.shapes import ShapesSource
+from soraj.dit_data import training_data
 from soraj.models.conditioning import TextConfig
 from soraj.models.latent_codec import LatentCodec
 from soraj.models.text import MiniLMEncoder
-from soraj.train import training_data
 
 VAE_DIR = "experiments/shapes/checkpoint/vae"  # the shipped tiny VAE: ft = 4, fs = 4
 CLIPS = dict(num_clips=6, frames=5, height=16, width=16, seed=3)

@@ -15,7 +15,7 @@ import jax
 import numpy as np
 import pytest
 
-from soraj import checkpoint, train
+from soraj import checkpoint, dit_data, train
 from soraj.configs import t2v
 from soraj.fault_tolerance import PREEMPTED_EXIT_CODE
 
@@ -148,7 +148,7 @@ def test_sigterm_saves_exits_75_and_the_same_command_continues(straight_run, tmp
 
 def poison_steps(monkeypatch, steps):
     """Makes the latents of the given (1-based) steps NaN, so their gradients are NaN."""
-    build = train.BatchBuilder.__call__
+    build = dit_data.BatchBuilder.__call__
     calls = {"step": 0}
 
     def poisoned(self, host_batch):
@@ -157,7 +157,7 @@ def poison_steps(monkeypatch, steps):
             host_batch = dict(host_batch, latents=np.full_like(host_batch["latents"], np.nan))
         return build(self, host_batch)
 
-    monkeypatch.setattr(train.BatchBuilder, "__call__", poisoned)
+    monkeypatch.setattr(dit_data.BatchBuilder, "__call__", poisoned)
 
 
 def test_non_finite_steps_are_skipped_and_counted(monkeypatch, tmp_path):

@@ -11,9 +11,9 @@ from soraj.configs import t2v
 from soraj.data.packed_pipeline import caption_from_bytes
 from soraj.data.shapes import ShapesSource
 from soraj.data.video_io import write_mp4
+from soraj.dit_data import training_data
 from soraj.models.conditioning import TextConfig
 from soraj.models.latent_codec import LatentCodec
-from soraj.train import training_data
 
 VAE_DIR = "experiments/shapes/checkpoint/vae"  # ft = fs = 4
 FILES = {"wide.mp4": (9, 16, 32), "tall.mp4": (5, 32, 16), "still.mp4": (1, 24, 24)}

@@ -23,10 +23,11 @@ import numpy as np
 
 from soraj import cli, optim, sharding
 from soraj.configs import t2v
+from soraj.dit_data import training_data
 from soraj.generate import init_params
 from soraj.models.conditioning import TextConfig
 from soraj.models.latent_codec import LatentCodec
-from soraj.train import make_dit, train_step, training_data
+from soraj.train import make_dit, train_step
 
 RESULTS = Path(__file__).parent / "results" / "cache_latents.json"
 

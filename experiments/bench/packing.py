@@ -42,11 +42,12 @@ from soraj.data.bucket_batches import bucket_batches, clip_tokens, pad_to_max
 from soraj.data.buckets import BucketTable
 from soraj.data.native_size import plan_native_size
 from soraj.data.packed_pipeline import PackedDataSpec, packed_dataset
+from soraj.dit_data import BatchBuilder
 from soraj.generate import init_params
 from soraj.models import patching
 from soraj.models.conditioning import TextConfig
 from soraj.models.dit import DiT, DiTConfig
-from soraj.train import BatchBuilder, train_step
+from soraj.train import train_step
 
 RESULTS = Path(__file__).parent / "results" / "packing.json"
 VAE_FACTORS, PATCH, CHANNELS = (4, 8), (1, 2, 2), 16

@@ -1,0 +1,166 @@
+"""The DiT trainer's data: the decoded-clip source config.data names (or a latent cache), the
+packed host batches of soraj/data/packed_pipeline.py over logical data shards, and the
+BatchBuilder that turns a host batch into device arrays (DESIGN.md §4)."""
+
+from pathlib import Path
+
+import numpy as np
+
+from soraj import sharding
+from soraj.data.class_folder import ClassFolderSource
+from soraj.data.data_shards import HostBatches
+from soraj.data.latent_cache import LatentCache, canvases_description, shapes_description
+from soraj.data.packed_pipeline import caption_from_bytes, spec_from_config
+from soraj.data.shapes import ShapesSource
+from soraj.data.shapes_canvases import ShapesCanvasSource
+from soraj.data.video_folder import VideoFolderSource
+from soraj.models.conditioning import TextConfig
+from soraj.models.latent_codec import LatentCodec
+
+# ---- Building packed batches ----------------------------------------------------------------
+
+
+DEVICE_KEYS = ("latents", "coords", "segment_ids", "cond_mask", "grid")
+CONDITIONING_KEYS = {"text": ("text", "text_mask"), "class": ("labels",)}
+
+
+class BatchBuilder:
+    """Host batches of packed_pipeline → device batches (DESIGN.md §4). Captions of a batch are
+    encoded here in one call; records of a latent cache may bring text states instead."""
+
+    def __init__(self, text_encoder, mesh, conditioning: str = "text"):
+        self.text_encoder = text_encoder  # None when batches bring text states, or labels
+        self.mesh, self.conditioning = mesh, conditioning
+        self.class_names: tuple[str, ...] = ()
+
+    def text_inputs(self, host_batch: dict) -> tuple[np.ndarray, np.ndarray]:
+        """(B, S, M, ...) text inputs and (B, S, M) mask; unused slots get zeros and no mask."""
+        if "text" in host_batch:
+            return host_batch["text"], host_batch["text_mask"]
+        used = host_batch["grid"][..., 0] > 0  # (B, S)
+        captions = [caption_from_bytes(slot) for slot in host_batch["caption"][used]]
+        states, mask = self.text_encoder.encode(captions)  # (n, M, ...), (n, M)
+        states, mask = np.asarray(states), np.asarray(mask)
+        text = np.zeros((*used.shape, *states.shape[1:]), states.dtype)
+        text_mask = np.zeros((*used.shape, mask.shape[1]), bool)
+        text[used], text_mask[used] = states, mask
+        return text, text_mask
+
+    def __call__(self, host_batch: dict) -> dict:
+        batch = dict(host_batch)
+        if self.conditioning == "text":
+            batch["text"], batch["text_mask"] = self.text_inputs(host_batch)
+        keys = DEVICE_KEYS + CONDITIONING_KEYS[self.conditioning]
+        return sharding.shard_batch({k: batch[k] for k in keys}, self.mesh)
+
+
+def host_batch_metrics(host_batch: dict) -> dict:
+    """What the data did this step: samples packed, padding share, bad records so far."""
+    return {
+        "samples": int(np.sum(host_batch["grid"][..., 0] > 0)),
+        "padding": float(np.mean(host_batch["segment_ids"] == 0)),
+        "bad_records": int(host_batch["bad_records"]),
+    }
+
+
+def training_source(config):
+    """The decoded-clip source config.data.source names (the latent cache aside)."""
+    data = config.data
+    if data.source == "shapes":
+        return ShapesSource(
+            data.num_clips, data.num_frames, data.height, data.width, config.seed, data.split
+        )
+    if data.source == "shapes_canvases":
+        canvases = tuple(tuple(c) for c in data.canvases)
+        return ShapesCanvasSource(
+            data.num_clips, canvases, data.num_frames, config.seed, data.split
+        )
+    if data.source == "video_folder":  # ROOT/captions.jsonl, clips at their native size
+        clips = data.num_random_clips or None
+        return VideoFolderSource(
+            data.root, data.max_frames, None, None, num_random_clips=clips, seed=config.seed
+        )
+    if data.source == "class_folder":
+        return ClassFolderSource(data.root, data.max_frames)
+    raise ValueError(
+        f"config.data.source={data.source!r}; allowed: shapes, shapes_canvases, "
+        "video_folder, class_folder"
+    )
+
+
+def check_classes(config, source) -> None:
+    """A class-conditional model needs a labelled source with exactly its classes, and the
+    reverse; checked before any training work."""
+    model_classes = config.model.num_classes if config.model.conditioning == "class" else 0
+    source_classes = len(getattr(source, "class_names", ()))
+    if model_classes != source_classes:
+        raise ValueError(
+            f"config.model.conditioning={config.model.conditioning!r} with num_classes="
+            f"{config.model.num_classes}, but config.data.source={config.data.source!r} has "
+            f"{source_classes} classes; class-conditional models train on source 'class_folder' "
+            "with --config.model.num_classes equal to its class count"
+        )
+
+
+def cached_dataset_description(config, codec: LatentCodec, patch_size) -> dict:
+    """What a latent cache for this config must have been made from: the 'shapes' source at
+    its one size, or 'shapes_canvases' clips cut to native size once, at num_frames frames."""
+    data = config.data
+    if data.source == "shapes":
+        return shapes_description(
+            data.num_clips, data.num_frames, data.height, data.width, config.seed, data.split
+        )
+    if data.source != "shapes_canvases":
+        raise ValueError(
+            f"config.data.latent_cache is made from source 'shapes' or 'shapes_canvases', "
+            f"not {data.source!r}"
+        )
+    if not data.min_frames == data.max_frames == data.num_frames:
+        raise ValueError(
+            "a native-size latent cache holds one length per clip: set config.data.min_frames "
+            f"and max_frames to num_frames={data.num_frames} (they are {data.min_frames} and "
+            f"{data.max_frames})"
+        )
+    vae = codec.config
+    return canvases_description(
+        data.num_clips,
+        data.num_frames,
+        data.canvases,
+        config.seed,
+        data.split,
+        data.token_budget,
+        (vae.temporal_factor, vae.spatial_factor),
+        patch_size,
+    )
+
+
+def training_data(config, codec: LatentCodec, vae_dir: Path, text: TextConfig, patch_size, mesh):
+    """(host batch iterator, BatchBuilder): packed rows of native-size clips encoded on the fly,
+    or of the records of config.data.latent_cache, which must come from this VAE and this
+    config's dataset."""
+    data = config.data
+    null_text = None
+    if data.latent_cache:
+        dataset = cached_dataset_description(config, codec, patch_size)
+        cache = LatentCache.open(data.latent_cache)
+        cache.check_vae(codec, vae_dir)
+        cache.check_source(dataset)
+        cached_text = cache.has_text_states and not text.trainable  # byte ids are not states
+        if cached_text:
+            cache.check_text(text.max_tokens)
+            null_text = cache.null_text()
+        source = cache.source(text_states=cached_text)
+    else:
+        source = training_source(config)
+    check_classes(config, source)
+    vae = codec.config
+    factors = (vae.temporal_factor, vae.spatial_factor)
+    num_classes = len(getattr(source, "class_names", ()))
+    spec = spec_from_config(data, factors, patch_size, config.batch_size, config.seed, num_classes)
+    iterator = HostBatches(source, spec, codec, null_text, data.shards)
+    conditioning = config.model.conditioning
+    needs_encoder = null_text is None and conditioning == "text"
+    text_encoder = text.host_encoder() if needs_encoder else None
+    build = BatchBuilder(text_encoder, mesh, conditioning)
+    build.class_names = tuple(getattr(source, "class_names", ()))  # label order, for exports
+    return iterator, build
