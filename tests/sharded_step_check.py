@@ -7,6 +7,7 @@ failure; prints one line per check."""
 import functools
 import sys
 import time
+import warnings
 
 import flax.linen as nn
 import jax
@@ -222,6 +223,24 @@ def check_vae_init():
     print(f"VAE + discriminator state on (4, 2): {sharded} sharded leaves, values as plain init")
 
 
+def check_undividable_axes_are_reported():
+    """An axis the mesh cannot split stays whole, and logical_shardings says so out loud."""
+    mesh = sharding.make_mesh(ml_collections.ConfigDict(dict(data=1, fsdp=8)))
+    boxed = {
+        "wide": nn.Partitioned(jax.ShapeDtypeStruct((16, 4), np.float32), ("fsdp", None)),
+        "odd": nn.Partitioned(jax.ShapeDtypeStruct((12, 4), np.float32), ("fsdp", None)),
+    }
+    rules = (("fsdp", "fsdp"),)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        shardings = sharding.logical_shardings(boxed, mesh, rules)
+    assert shardings["wide"].spec == P("fsdp", None), shardings["wide"].spec
+    assert shardings["odd"].spec == P(None, None), shardings["odd"].spec
+    messages = [str(w.message) for w in caught]
+    assert len(messages) == 1 and "length 12 over fsdp=8" in messages[0], messages
+    assert "1 array axes (0.0 MiB" in messages[0], messages
+
+
 def main():
     if jax.device_count() < 8:
         sys.exit(
@@ -268,6 +287,7 @@ def main():
         )
     check_scanned_specs()
     check_vae_init()
+    check_undividable_axes_are_reported()
     print("ALL OK")
 
 
