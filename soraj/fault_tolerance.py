@@ -115,21 +115,13 @@ class NonFiniteGuard:
 def resume_or_start(manager, init_state, rng, mesh, rules):
     """(state, state_shardings, data_state, start_step): the latest complete checkpoint
     restored straight onto this mesh's shardings, or a fresh state made sharded (the model
-    never lands whole on one device). Only a missing checkpoint starts fresh; a mismatched one
-    is an error."""
-    abstract = jax.eval_shape(init_state, rng)  # params boxed with their logical axis names
-    shardings = sharding.logical_shardings(abstract, mesh, rules)
-    target = jax.tree.map(
-        lambda leaf, where: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=where),
-        nn.unbox(abstract),
-        shardings,
+    never lands whole on one device). The shardings come from the params' logical axis names
+    (init_state returns them boxed); checkpoint.restore_or_init does the rest."""
+    shardings = sharding.logical_shardings(jax.eval_shape(init_state, rng), mesh, rules)
+    state, data_state, step = checkpoint.restore_or_init(
+        manager, lambda key: nn.unbox(init_state(key)), rng, shardings
     )
-    restored = checkpoint.restore_train_state(manager, target)
-    if restored is not None:
-        state, data_state, step = restored
-        return state, shardings, data_state, step
-    state, shardings = sharding.sharded_init(init_state, rng, mesh, rules)
-    return state, shardings, None, 0
+    return state, shardings, data_state, step
 
 
 # ---- Metrics of a restarted run -----------------------------------------------------------------

@@ -374,7 +374,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path):
             preempted = preemption.reached(done)
             if done % config.log_every == 0 or done == config.total_steps:
                 writer.write(done, jax.device_get(metrics), samples_per_step)
-            if distributed.is_primary() and (
+            # Reconstructions in single-process runs only: process 0 alone cannot run a jitted
+            # function on params sharded across hosts.
+            if jax.process_count() == 1 and (
                 done % config.sample_every == 0 or done == config.total_steps
             ):
                 path = workdir / "samples" / f"reconstruction_{done:06d}.gif"
