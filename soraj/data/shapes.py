@@ -282,14 +282,22 @@ def render_scene(
 # ---- Grain source ----
 
 
-def clip_item(seed: int, index: int, num_frames: int, height: int, width: int, split: str):
+def clip_item(
+    seed: int, index: int, num_frames: int, height: int, width: int, split: str, alt_text=None
+):
     """Clip `index` of `seed` at (height, width): a pure function of its arguments, as every
-    Shapes source item is."""
+    Shapes source item is. "caption" is the exact dense caption (the evaluation truth);
+    "caption_original" is web-style alt-text with the odds of `alt_text` (an AltTextNoise)."""
+    # Imported here: the alt-text module builds on this module's vocabulary.
+    from soraj.data.shapes_alt_text import AltTextNoise, original_caption
+
     rng = np.random.default_rng((seed, index))
     scene = sample_scene(rng, num_frames, split)
+    alt_text = AltTextNoise() if alt_text is None else alt_text
     return {
         "video": render_scene(scene, num_frames, height, width, rng),  # (T, H, W, 3)
         "caption": dense_caption(scene),
+        "caption_original": original_caption(scene, seed, index, alt_text),
         "short_caption": short_caption(scene),
         "structured": json.dumps(structured_caption(scene)),
         "index": index,
@@ -307,6 +315,7 @@ class ShapesSource(grain.sources.RandomAccessDataSource):
         width: int,
         seed: int = 0,
         split: str = "train",
+        alt_text=None,
     ):
         _check_int("num_clips", num_clips, 1)
         _check_canvas(num_frames, height, width)
@@ -319,6 +328,7 @@ class ShapesSource(grain.sources.RandomAccessDataSource):
             width,
         )
         self.seed, self.split = int(seed), split
+        self.alt_text = alt_text  # AltTextNoise of "caption_original"; None: the defaults
 
     def __len__(self) -> int:
         return self.num_clips
@@ -329,7 +339,9 @@ class ShapesSource(grain.sources.RandomAccessDataSource):
         if not -self.num_clips <= index < self.num_clips:
             raise IndexError(f"Clip index {index} out of range for {self.num_clips} clips.")
         index = int(index) % self.num_clips
-        return clip_item(self.seed, index, self.num_frames, self.height, self.width, self.split)
+        return clip_item(
+            self.seed, index, self.num_frames, self.height, self.width, self.split, self.alt_text
+        )
 
     def __repr__(self) -> str:
         return (
