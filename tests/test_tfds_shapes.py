@@ -31,7 +31,7 @@ def assert_items_equal(item, reference):
     assert item["video"].dtype == np.uint8
     chex.assert_shape(item["video"], (NUM_FRAMES, HEIGHT, WIDTH, 3))
     np.testing.assert_array_equal(item["video"], reference["video"])
-    for key in ("caption", "short_caption", "structured", "index"):
+    for key in ("caption", "caption_original", "short_caption", "structured", "index"):
         assert item[key] == reference[key], key
 
 
@@ -63,6 +63,7 @@ def test_plain_tfds_data_source_reads_it(dataset_path):
     record = source[2]
     np.testing.assert_array_equal(record["video"], reference["video"])
     assert record["caption"] == reference["caption"].encode("utf-8")
+    assert record["caption_original"] == reference["caption_original"].encode("utf-8")
     assert json.loads(record["structured"]) == json.loads(reference["structured"])
 
 

@@ -15,7 +15,7 @@ DATASET_NAME = "soraj_shapes"
 SPLITS = ("train", "validation")
 # Validation clips come from a far-away seed so they never repeat a training clip.
 VALIDATION_SEED_OFFSET = 1_000_003
-TEXT_KEYS = ("caption", "short_caption", "structured")
+TEXT_KEYS = ("caption", "caption_original", "short_caption", "structured")
 
 
 # ---- Builder ----
@@ -50,8 +50,12 @@ class ShapesBuilder(tfds.core.GeneratorBasedBuilder):
     """Clips and captions of soraj.data.shapes.ShapesSource, split into train and validation."""
 
     name = DATASET_NAME
-    VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "First release."}
+    VERSION = tfds.core.Version("1.1.0")
+    RELEASE_NOTES = {
+        "1.0.0": "First release.",
+        "1.1.0": "caption_original: web-style alt-text beside the exact dense caption "
+        "(soraj.data.shapes_alt_text, default AltTextNoise odds).",
+    }
     BUILDER_CONFIGS = [shapes_config(1024, 9, 32, 32)]
     # TFDS looks up a packaged builder's folder through importlib_resources, which is not
     # installed; the module file is the same answer (and no checksums file sits next to it).
@@ -65,12 +69,13 @@ class ShapesBuilder(tfds.core.GeneratorBasedBuilder):
                 {
                     "video": tfds.features.Tensor(shape=video_shape, dtype=np.uint8),
                     "caption": tfds.features.Text(),
+                    "caption_original": tfds.features.Text(),
                     "short_caption": tfds.features.Text(),
                     "structured": tfds.features.Text(),
                     "index": tfds.features.Scalar(dtype=np.int64),
                 }
             ),
-            description="Procedural videos of moving shapes with exact captions.",
+            description="Moving shapes with exact dense captions and web-style alt-text.",
             # Keep records in clip order so record i is clip i; grain shuffles at read time.
             disable_shuffling=True,
         )
@@ -123,7 +128,8 @@ class ShapesRecordSource:
     def __getitem__(self, index: int) -> dict:
         item = dict(self._data_source[index])
         for key in TEXT_KEYS:
-            item[key] = item[key].decode("utf-8")  # TFDS stores Text as utf-8 bytes
+            if key in item:  # a 1.0.0 dataset has no caption_original
+                item[key] = item[key].decode("utf-8")  # TFDS stores Text as utf-8 bytes
         item["index"] = int(item["index"])
         return item
 
