@@ -13,6 +13,10 @@ COMMANDS = (
     "evaluate",
     "reconstruct",
     "cache-latents",
+    "train-expander",
+    "recaption",
+    "train-captioner",
+    "caption",
 )
 USAGE = f"""usage: soraj COMMAND [options]
 
@@ -25,6 +29,11 @@ commands:
   evaluate      shapes-probe accuracy of a checkpoint on held-out prompts
   reconstruct   a video file through a VAE and back: side-by-side mp4 + PSNR/SSIM JSON line
   cache-latents encode a dataset once with a VAE (ArrayRecord latents + captions [+ text])
+  train-expander train the learned prompt expander: --config=soraj/configs/expander.py:tiny
+                 --workdir=DIR (then: soraj generate --expand learned --expander-checkpoint DIR)
+  train-captioner train the video captioner: --config=soraj/configs/captioner.py:tiny --workdir=DIR
+  caption       caption a video file with a trained captioner: one JSON line
+  recaption     a new caption version (dense + short) of a dataset: --backend soraj|openai
 
 `soraj COMMAND --help` shows a command's options. Allowed commands: {", ".join(COMMANDS)}"""
 
@@ -36,7 +45,13 @@ def run_trainer(command: str, argv: list[str]):
     from absl import app, flags, logging
     from ml_collections import config_flags
 
-    default = "soraj/configs/t2v.py" if command == "train" else "soraj/configs/vae.py"
+    defaults = {
+        "train": "t2v",
+        "train-vae": "vae",
+        "train-expander": "expander",
+        "train-captioner": "captioner",
+    }
+    default = f"soraj/configs/{defaults[command]}.py"
     config_flags.DEFINE_config_file(
         "config", default, "training config file[:arg]", lock_config=True
     )
@@ -44,6 +59,14 @@ def run_trainer(command: str, argv: list[str]):
 
     def main(_):
         logging.set_verbosity(logging.WARNING)  # orbax logs every file it writes at INFO
+        if command == "train-expander":  # one process, one CPU: no distributed set-up
+            from soraj.captions.train_expander import train_and_evaluate
+
+            return train_and_evaluate(flags.FLAGS.config, flags.FLAGS.workdir)
+        if command == "train-captioner":  # one process, one device
+            from soraj.captions.train_captioner import train_and_evaluate
+
+            return train_and_evaluate(flags.FLAGS.config, flags.FLAGS.workdir)
         if command == "train":
             from soraj.train import train_and_evaluate
         else:
@@ -266,7 +289,7 @@ def main(argv: list[str] | None = None):
         print(USAGE)
         return
     command, rest = argv[0], argv[1:]
-    if command in ("train", "train-vae"):
+    if command in ("train", "train-vae", "train-expander", "train-captioner"):
         run_trainer(command, rest)
     elif command == "generate":
         run_generate(rest)
@@ -286,5 +309,13 @@ def main(argv: list[str] | None = None):
         run_reconstruct(rest)
     elif command == "cache-latents":
         run_cache_latents(rest)
+    elif command == "caption":
+        from soraj.captions.caption_command import run_caption
+
+        run_caption(rest)
+    elif command == "recaption":
+        from soraj.captions.recaption import run_recaption
+
+        run_recaption(rest)
     else:
         sys.exit(f"soraj: unknown command {command!r}; allowed: {', '.join(COMMANDS)}")
