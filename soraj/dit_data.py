@@ -7,12 +7,20 @@ from pathlib import Path
 import numpy as np
 
 from soraj import sharding
+from soraj.data.caption_versions import (
+    DEFAULT_CAPTION_MIX,
+    RecaptionedSource,
+    check_caption_mix,
+    check_mix_fields,
+)
 from soraj.data.class_folder import ClassFolderSource
 from soraj.data.data_shards import HostBatches
 from soraj.data.latent_cache import LatentCache, canvases_description, shapes_description
 from soraj.data.packed_pipeline import caption_from_bytes, spec_from_config
 from soraj.data.shapes import ShapesSource
 from soraj.data.shapes_canvases import ShapesCanvasSource
+from soraj.data.tfds_shapes import SPLITS as TFDS_SPLITS
+from soraj.data.tfds_shapes import load_shapes_dataset
 from soraj.data.video_folder import VideoFolderSource
 from soraj.models.conditioning import TextConfig
 from soraj.models.latent_codec import LatentCodec
@@ -63,6 +71,10 @@ def host_batch_metrics(host_batch: dict) -> dict:
     }
 
 
+# Sources that read a dataset a soraj command wrote, and the command.
+DATASET_WRITERS = {"shapes_tfds": "soraj make-dataset shapes", "recaptioned": "soraj recaption"}
+
+
 def training_source(config):
     """The decoded-clip source config.data.source names (the latent cache aside)."""
     data = config.data
@@ -82,9 +94,23 @@ def training_source(config):
         )
     if data.source == "class_folder":
         return ClassFolderSource(data.root, data.max_frames)
+    if data.source in DATASET_WRITERS and not data.root:
+        raise ValueError(
+            f"config.data.source={data.source!r} needs config.data.root: the folder "
+            f"`{DATASET_WRITERS[data.source]}` wrote"
+        )
+    if data.source == "shapes_tfds":  # `soraj make-dataset shapes` output, clips at its size
+        if data.split not in TFDS_SPLITS:
+            raise ValueError(
+                f"config.data.split={data.split!r} for source 'shapes_tfds'; allowed: "
+                f"{', '.join(TFDS_SPLITS)} (the dataset's splits)"
+            )
+        return load_shapes_dataset(data.root, data.split)
+    if data.source == "recaptioned":  # `soraj recaption` output; "caption" is the dense one
+        return RecaptionedSource(data.root, data.max_frames, data.split)
     raise ValueError(
         f"config.data.source={data.source!r}; allowed: shapes, shapes_canvases, "
-        "video_folder, class_folder"
+        "video_folder, class_folder, shapes_tfds, recaptioned"
     )
 
 
@@ -139,6 +165,7 @@ def training_data(config, codec: LatentCodec, vae_dir: Path, text: TextConfig, p
     or of the records of config.data.latent_cache, which must come from this VAE and this
     config's dataset."""
     data = config.data
+    caption_mix = check_caption_mix(data.get("caption_mix", DEFAULT_CAPTION_MIX))
     null_text = None
     if data.latent_cache:
         dataset = cached_dataset_description(config, codec, patch_size)
@@ -153,6 +180,7 @@ def training_data(config, codec: LatentCodec, vae_dir: Path, text: TextConfig, p
     else:
         source = training_source(config)
     check_classes(config, source)
+    check_mix_fields(caption_mix, source)
     vae = codec.config
     factors = (vae.temporal_factor, vae.spatial_factor)
     num_classes = len(getattr(source, "class_names", ()))

@@ -95,7 +95,11 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
 
     config.text = ml_collections.ConfigDict()
     config.text.encoder = "minilm"
-    config.text.max_tokens = 32
+    # MiniLM WordPiece tokens per caption, [CLS] and [SEP] included; longer captions are cut.
+    # The longest dense Shapes caption is 26 (two objects, measured over the whole grammar);
+    # 64 leaves room for descriptive captions of `soraj recaption --backend openai` and real
+    # footage. A latent cache of text states and an exported checkpoint keep their own M.
+    config.text.max_tokens = 64
     # Only for encoder="bytes": the trainable byte-level encoder, trained with the DiT.
     # The fields are those of soraj.models.conditioning.TextConfig.
     config.text.byte_width = 256
@@ -113,8 +117,16 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
     # Real footage at native size: source "video_folder" (ROOT/captions.jsonl, see
     # soraj/data/video_folder.py; num_random_clips > 0 draws that many random windows) or
     # "class_folder" (ROOT/<class name>/<clips>, for class-conditional models).
+    # Prepared datasets at config.data.root: source "shapes_tfds" (the folder `soraj
+    # make-dataset shapes` returned; split "train" or "validation") or "recaptioned" (a `soraj
+    # recaption` folder; "caption" is its dense caption, and a Shapes one adds the exact
+    # "caption_oracle").
     config.data.root = ""
     config.data.num_random_clips = 0
+    # Per sample, which caption field trains: (field, odds) pairs summing to 1, drawn before the
+    # dropout, e.g. (("caption_dense", 0.95), ("caption_original", 0.05)) as in DALL·E 3. The
+    # fields must be in the source's records (Shapes: caption, caption_original, short_caption).
+    config.data.caption_mix = (("caption", 1.0),)
     config.data.caption_dropout = 0.1  # per sample; the null text teaches CFG's unconditional v
     # Packing (soraj/data/packed_pipeline.py): rows of row_length tokens, at most max_segments
     # samples each, batch_size rows a step; grain's "first_fit" or "best_fit" over packing_bins

@@ -2,7 +2,7 @@
 
     source ─ ReplacingSource (bad records swapped for readable ones, counted)
       → this host's shard (ShardByJaxProcess, drop_remainder) → shuffle → repeat
-      → PrepareExample     caption drop, native-size plan + cut, token-drop choice   [workers]
+      → PrepareExample     caption mix + drop, native-size plan + cut, token drops   [workers]
       → EncodeExample      VAE encode (or cached latents), patchify, drop tokens     [main process]
       → grain first-/best-fit packing into rows of L tokens and at most S segments
       → PackedRow → batch(B) → BadRecordMonitor
@@ -25,6 +25,7 @@ import numpy as np
 from absl import flags
 
 from soraj.data.bad_records import BadRecordMonitor, ReplacingSource, check_clip
+from soraj.data.caption_versions import DEFAULT_CAPTION_MIX, check_caption_mix, pick_caption
 from soraj.data.native_size import apply_native_size_plan, plan_native_size
 from soraj.models import patching
 from soraj.models.latent_codec import encode_clip
@@ -55,6 +56,9 @@ class PackedDataSpec:
     packing_bins: int = 0  # rows packed at once (0: 4·B); more bins, less padding
     square_crop: bool = False  # centre-crop every clip to a square first (the crop baseline)
     caption_dropout: float = 0.1  # per sample: its caption becomes "" (the null text)
+    # Per sample, before the dropout: which caption field trains, by these odds
+    # (soraj/data/caption_versions.py); the default is the record's own "caption".
+    caption_mix: tuple = DEFAULT_CAPTION_MIX
     # Class-conditional training: records bring "label" in [0, num_classes); a dropped caption
     # also drops the label to num_classes, the null label. 0: text-conditional.
     num_classes: int = 0
@@ -93,6 +97,7 @@ class PackedDataSpec:
                 f"packing_bins={self.packing_bins} must be 0 (4·B) or ≥ rows_per_batch="
                 f"{self.rows_per_batch}"
             )
+        object.__setattr__(self, "caption_mix", check_caption_mix(self.caption_mix))
         if not 0.0 <= self.caption_dropout < 1.0:
             raise ValueError(f"caption_dropout must be in [0, 1), got {self.caption_dropout}")
         for name in ("drop_rate_low", "drop_rate_high"):
@@ -132,6 +137,7 @@ def spec_from_config(
         packing_bins=data.packing_bins,
         square_crop=data.square_crop,
         caption_dropout=data.caption_dropout,
+        caption_mix=data.get("caption_mix", DEFAULT_CAPTION_MIX),
         num_classes=num_classes,
         drop_rate_low=data.token_drop.rate_low,
         drop_rate_high=data.token_drop.rate_high,
@@ -193,9 +199,10 @@ class PrepareExample:
 
     def __call__(self, example: dict, rng: np.random.Generator) -> dict:
         spec = self.spec
+        caption = pick_caption(example, spec.caption_mix, rng)
         dropped = rng.random() < spec.caption_dropout
         prepared = {
-            "caption": caption_bytes("" if dropped else example["caption"]),  # (1, CAPTION_BYTES)
+            "caption": caption_bytes("" if dropped else caption),  # (1, CAPTION_BYTES)
             "replaced": np.reshape(example.get("replaced", 0), (1,)).astype(np.int32),
         }
         if spec.num_classes:
