@@ -4,6 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PROMPT ?= A large red circle moves to the right. A small blue square stays still. The background is black.
 OUT ?= out/demo
+EXPAND ?= none
 
 .PHONY: demo test lint venv
 
@@ -19,7 +20,7 @@ $(VENV)/.installed: requirements.txt requirements-nodeps.txt pyproject.toml
 venv: $(VENV)/.installed
 
 demo: $(VENV)/.installed
-	$(PY) -m soraj demo --prompt "$(PROMPT)" --out $(OUT)
+	$(PY) -m soraj demo --prompt "$(PROMPT)" --out $(OUT) --expand $(EXPAND)
 
 test: $(VENV)/.installed
 	JAX_PLATFORMS=cpu $(PY) -m pytest tests -q -n 2  # two workers: most tests wait on XLA compiles or subprocesses

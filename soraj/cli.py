@@ -93,11 +93,15 @@ def generate_parser() -> argparse.ArgumentParser:
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--guidance", type=float, default=4.0)
     parser.add_argument("--out", default="out/generate")
+    from soraj.captions.expand_cli import add_expand_arguments
+
+    add_expand_arguments(parser)
     return parser
 
 
 def check_generate_args(args) -> None:
     """Every check that needs no weights, so bad input fails before anything loads."""
+    from soraj.captions.expand_cli import check_expand_args, check_prompt_length
     from soraj.generate import BundleGeometry, resolve_bundle
 
     if not args.prompt.strip():
@@ -115,13 +119,19 @@ def check_generate_args(args) -> None:
         raise ValueError(f"--out {args.out} is a file; give a directory (it is created if missing)")
     if not Path(args.checkpoint).exists():
         raise ValueError(f"--checkpoint {args.checkpoint} does not exist")
-    BundleGeometry.read(resolve_bundle(args.checkpoint)).check(args.frames, args.height, args.width)
+    bundle = resolve_bundle(args.checkpoint)
+    BundleGeometry.read(bundle).check(args.frames, args.height, args.width)
+    check_prompt_length(args.prompt, bundle, "prompt")
+    check_expand_args(args)
 
 
 def run_generate(argv: list[str], demo_probe: bool = False):
     args = generate_parser().parse_args(argv)
     try:
         check_generate_args(args)
+        from soraj.captions.expand_cli import expand_for_generation
+
+        expansion = expand_for_generation(args)
     except ValueError as error:
         sys.exit(f"soraj generate: error: {error}")
     from soraj.generate import Generator, generate_to_files
@@ -131,9 +141,15 @@ def run_generate(argv: list[str], demo_probe: bool = False):
         k: getattr(args, k)
         for k in ("prompt", "checkpoint", "frames", "height", "width", "seed", "steps", "guidance")
     }
+    args.revised_prompt = expansion.revised
+    settings.update(
+        expand=args.expand,
+        revised_prompt=expansion.revised,
+        expansion={"backend": expansion.backend, "ok": expansion.ok, "message": expansion.message},
+    )
     video, paths, seconds = generate_to_files(
         generator,
-        args.prompt,
+        expansion.revised,
         Path(args.out),
         args.frames,
         args.height,

@@ -57,6 +57,9 @@ def run_demo(argv: list[str]):
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--guidance", type=float, default=4.0)
+    from soraj.captions.expand_cli import add_expand_arguments
+
+    add_expand_arguments(parser)
     args = parser.parse_args(argv)
     out = Path(args.out)
     checkpoint = Path(args.checkpoint)
@@ -77,10 +80,18 @@ def run_demo(argv: list[str]):
         str(args.steps),
         "--guidance",
         str(args.guidance),
+        "--expand",
+        args.expand,
     ]
-    video, _ = run_generate(generate_argv)
-    try:
-        scores = score_video(video, args.prompt)
+    for flag, value in (
+        ("--expand-endpoint", args.expand_endpoint),
+        ("--expand-model", args.expand_model),
+        ("--expander-checkpoint", args.expander_checkpoint),
+    ):
+        generate_argv += [flag, value] if value else []
+    video, generated = run_generate(generate_argv)
+    try:  # the probe scores the prompt the video was generated from
+        scores = score_video(video, generated.revised_prompt)
     except ValueError:
         print("shapes probe: the prompt is not a Shapes-world caption, so it is not scored")
         return

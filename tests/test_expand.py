@@ -3,6 +3,7 @@ or says why not; the openai backend is tested against a loopback fake server."""
 
 import collections
 import itertools
+import json
 import socket
 
 import fake_openai_server
@@ -10,8 +11,9 @@ import numpy as np
 import pytest
 from fake_openai_server import Answer
 
-from soraj.captions import expander_model
-from soraj.captions.expand import BACKENDS, expand_prompt
+from soraj import cli, generate
+from soraj.captions import expand_cli, expander_model
+from soraj.captions.expand import BACKENDS, Expansion, expand_prompt
 from soraj.captions.expand_openai import few_shot_pairs
 from soraj.captions.short_prompts import STYLES, shorten
 from soraj.data.shapes import HELD_OUT_PAIRS, MOTIONS, parse_dense_caption, sample_scene
@@ -154,3 +156,46 @@ def test_learned_falls_back_to_rule_and_says_so(learned, monkeypatch):
     assert "learned: all 8 samples failed the check (unparsable); used rule" in expansion.message
     scene = parse_dense_caption(expansion.revised)
     assert (scene.objects[0].colour, scene.objects[0].motion) == ("red", "moves to the left")
+
+
+# ---- soraj generate --expand ----------------------------------------------------------------
+
+SHIPPED = str(expander_model.SHIPPED_EXPANDER.parent / "checkpoint")
+
+
+@pytest.fixture
+def no_weights(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("weights were loaded before the input was checked")
+
+    monkeypatch.setattr(generate.Generator, "load", refuse)
+
+
+def generate_exit(argv) -> str:
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["generate", "--checkpoint", SHIPPED, *argv])
+    return str(exit_info.value.code)
+
+
+def test_generate_expands_prints_and_stores_the_revised_prompt(tmp_path, capsys):
+    argv = ["--prompt", "a red ball going right", "--expand", "rule", "--steps", "2"]
+    cli.main(["generate", "--checkpoint", SHIPPED, *argv, "--out", str(tmp_path)])
+    revised = expand_prompt("a red ball going right", "rule", seed=0).revised
+    assert f"revised prompt (rule): {revised}" in capsys.readouterr().out
+    (stored,) = [json.loads(p.read_text()) for p in tmp_path.glob("*.json")]
+    assert stored["prompt"] == "a red ball going right" and stored["expand"] == "rule"
+    assert stored["revised_prompt"] == revised and stored["expansion"]["ok"]
+
+
+def test_generate_refuses_bad_expansion_input_before_loading(no_weights, capsys, monkeypatch):
+    assert generate_exit(["--prompt", "a red ball", "--expand", "magic"]) == "2"
+    assert "choose from 'none', 'rule', 'learned', 'openai'" in capsys.readouterr().err
+    long_prompt = "a very small red ball " * 8
+    assert "the prompt is 42 MiniLM tokens" in generate_exit(["--prompt", long_prompt])
+    assert "needs --expand-endpoint" in generate_exit(["--prompt", "a ball", "--expand", "openai"])
+    missing = ["--expand", "learned", "--expander-checkpoint", "/nowhere"]
+    assert "holds no expander export" in generate_exit(["--prompt", "a ball", *missing])
+    # A revised prompt over the limit is refused too, before the generator loads.
+    long = Expansion("a ball", long_prompt, "rule", True, "")
+    monkeypatch.setattr(expand_cli, "expand_prompt", lambda *a, **k: long)
+    assert "the revised prompt is 42" in generate_exit(["--prompt", "a ball", "--expand", "rule"])
