@@ -293,3 +293,32 @@ def test_bad_input_fails_in_one_line_and_writes_nothing(folder, tmp_path, fake_o
         assert str(error.value).startswith("soraj recaption: error: ")
         assert "\n" not in str(error.value)
         assert not out.exists(), message
+
+
+def test_the_real_captioner_recaptions_deterministically(shapes_dir, tmp_path):
+    """A random-weight tiny captioner through Captioner.load: the interface, not the accuracy."""
+    import jax
+
+    from soraj.captions.captioner import CaptionerConfig, export_captioner, init_captioner
+    from soraj.captions.vocab import CaptionVocab
+
+    config = CaptionerConfig(
+        frames=3, height=16, width=16, tubelet=(3, 8, 8), model_width=32, encoder_depth=1,
+        decoder_depth=1, num_heads=2, max_length=12,
+    )  # fmt: skip
+    clips = load_shapes_dataset(shapes_dir, "train")
+    vocab = CaptionVocab.from_captions(clips[i]["caption"] for i in range(NUM_TRAIN))
+    config = CaptionerConfig(**{**config.__dict__, "vocab_size": vocab.size})
+    params = init_captioner(config, jax.random.key(0))
+    checkpoint = export_captioner(tmp_path / "captioner", params, config, vocab, {})
+    outs = [tmp_path / "a", tmp_path / "b"]
+    for out in outs:
+        run_recaption(
+            ["--input", str(shapes_dir), "--out", str(out), "--backend", "soraj"]
+            + ["--checkpoint", str(checkpoint), "--batch-size", "3", "--frames", "3"]
+        )
+    (first, info), (second, _) = read_out(outs[0]), read_out(outs[1])
+    assert len(first) == NUM_TRAIN + NUM_VALIDATION and info["num_failed"] == 0
+    assert all(isinstance(r["caption_dense"], str) for r in first)
+    # A rerun writes the same captions.
+    assert [r["caption_dense"] for r in first] == [r["caption_dense"] for r in second]

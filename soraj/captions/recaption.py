@@ -41,8 +41,8 @@ BACKENDS = ("soraj", "openai")
 BACKEND_MODES = ("dense", "short")  # the captions each record gains
 CAPTIONS_FILE, DATASET_FILE, IN_PROGRESS = "captions.jsonl", "dataset.json", ".in_progress"
 FORMAT_VERSION = 1
-# Frames per clip: spread over the clip for openai; the first ones for the soraj captioner
-# on a video folder (a Shapes clip goes to it whole).
+# Frames per clip, evenly spread from the first to the last: a few images for a VLM (Open-Sora
+# sends 3-4); for the soraj captioner its own clip length, so a Shapes clip goes whole.
 DEFAULT_FRAMES = {"openai": 4, "soraj": 9}
 
 
@@ -50,8 +50,6 @@ DEFAULT_FRAMES = {"openai": 4, "soraj": 9}
 
 
 class SorajBackend:
-    spread = False
-
     def __init__(self, captioner):
         self.captioner = captioner
 
@@ -72,8 +70,6 @@ class SorajBackend:
 
 
 class OpenAIBackend:
-    spread = True
-
     def __init__(self, client, model: str):
         self.client, self.model = client, model
 
@@ -168,7 +164,7 @@ def recaption(source, backend, out, settings: dict, batch_size: int, frames: int
             originals, videos, results = [], [], {}
             for i in indices:
                 try:
-                    original, video = source.read(i, frames, backend.spread)
+                    original, video = source.read(i, frames)
                 except VideoReadError as error:
                     original, video, results[i] = source.original(i), None, error
                 originals.append(original)

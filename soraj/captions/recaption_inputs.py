@@ -7,7 +7,7 @@ import pathlib
 import av
 import numpy as np
 
-from soraj.data.video_folder import _read_captions, loop_to_length
+from soraj.data.video_folder import _read_captions
 from soraj.data.video_io import READABLE_SUFFIXES, VIDEO_SUFFIXES, VideoReadError, read_video
 
 
@@ -75,10 +75,10 @@ class ShapesInput:
     def original(self, i: int) -> str:
         return self._record(i)[0]
 
-    def read(self, i: int, k: int | None, spread: bool) -> tuple[str, np.ndarray]:
-        """(caption_original, video): the whole clip, or k frames spread over it."""
+    def read(self, i: int, k: int) -> tuple[str, np.ndarray]:
+        """(caption_original, video): k frames spread over the clip (all of a shorter one)."""
         original, video = self._record(i)  # (T, H, W, 3)
-        return original, video[spread_indices(len(video), k)] if spread else video
+        return original, video[spread_indices(len(video), k)]
 
 
 class VideoFolderInput:
@@ -126,13 +126,11 @@ class VideoFolderInput:
     def original(self, i: int) -> str:
         return self._entries[i][1]
 
-    def read(self, i: int, k: int, spread: bool) -> tuple[str, np.ndarray]:
-        """(caption_original, video): k frames spread over the file, or its first k (looped
-        when shorter). Raises VideoReadError for a file that cannot be decoded."""
+    def read(self, i: int, k: int) -> tuple[str, np.ndarray]:
+        """(caption_original, video): k frames spread over the file (all of a shorter one).
+        Raises VideoReadError for a file that cannot be decoded."""
         path, original = self._entries[i]
-        if spread:
-            return original, read_spread_frames(pathlib.Path(path), k)
-        return original, loop_to_length(read_video(path, max_frames=k)[0], k)
+        return original, read_spread_frames(pathlib.Path(path), k)
 
 
 def open_input(root, skip=None) -> ShapesInput | VideoFolderInput:
