@@ -62,11 +62,13 @@ def run_trainer(command: str, argv: list[str]):
         if command == "train-expander":  # one process, one CPU: no distributed set-up
             from soraj.captions.train_expander import train_and_evaluate
 
-            return train_and_evaluate(flags.FLAGS.config, flags.FLAGS.workdir)
+            train_and_evaluate(flags.FLAGS.config, flags.FLAGS.workdir)
+            return  # app.run exits with whatever main returns
         if command == "train-captioner":  # one process, one device
             from soraj.captions.train_captioner import train_and_evaluate
 
-            return train_and_evaluate(flags.FLAGS.config, flags.FLAGS.workdir)
+            train_and_evaluate(flags.FLAGS.config, flags.FLAGS.workdir)
+            return  # app.run exits with whatever main returns
         if command == "train":
             from soraj.train import train_and_evaluate
         else:

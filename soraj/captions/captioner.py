@@ -1,0 +1,209 @@
+"""The video captioner (CapPa / CoCa style): a tubelet ViT over low-resolution pixels encodes a
+clip, and the shared TextDecoder writes its caption in WordPiece after a leading mode token
+(dense, short, or the original web style), in place of DALL·E 3's separate fine-tunes.
+
+Pixels, not VAE latents: the captioner must tell a 7-pixel triangle from a circle and orange
+from yellow, which a 4× spatial VAE blurs (experiments/shapes/NOTES.md).
+"""
+
+import dataclasses
+import time
+from pathlib import Path
+from typing import Any
+
+import einops
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from soraj import checkpoint
+from soraj.captions.decoder import TextDecoder
+from soraj.captions.decoding import beam_search, greedy_decode
+from soraj.captions.vocab import CaptionVocab
+
+# ---- Config -----------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class CaptionerConfig:
+    frames: int = 9  # clips are resampled to frames × height × width before encoding
+    height: int = 32
+    width: int = 32
+    tubelet: tuple[int, int, int] = (3, 8, 8)  # (t, h, w) pixels per video token
+    model_width: int = 128
+    encoder_depth: int = 3
+    decoder_depth: int = 3
+    num_heads: int = 4
+    max_length: int = 40  # decoder positions: BOS, mode, pieces, EOS
+    vocab_size: int = 0  # set from the CaptionVocab
+
+    def __post_init__(self):
+        object.__setattr__(self, "tubelet", tuple(self.tubelet))
+        for size, patch, name in zip(
+            (self.frames, self.height, self.width), self.tubelet, ("frames", "height", "width")
+        ):
+            if patch < 1 or size % patch:
+                raise ValueError(f"captioner {name} {size} is not a multiple of tubelet {patch}")
+
+    @property
+    def grid(self) -> tuple[int, int, int]:
+        return tuple(s // p for s, p in zip((self.frames, self.height, self.width), self.tubelet))
+
+
+# ---- Model ------------------------------------------------------------------------------------
+
+
+class EncoderBlock(nn.Module):
+    width: int
+    num_heads: int
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        y = nn.LayerNorm(name="norm_attention")(x)
+        x = x + nn.MultiHeadDotProductAttention(self.num_heads, dtype=self.dtype)(y)
+        y = nn.LayerNorm(name="norm_mlp")(x)
+        y = nn.Dense(4 * self.width, dtype=self.dtype, name="mlp_in")(y)
+        return x + nn.Dense(self.width, dtype=self.dtype, name="mlp_out")(nn.gelu(y))
+
+
+class VideoEncoder(nn.Module):
+    """video f32 (B, T, H, W, 3) in [-1, 1] → tokens (B, K, D), one per tubelet."""
+
+    config: CaptionerConfig
+
+    @nn.compact
+    def __call__(self, video):
+        c = self.config
+        pt, ph, pw = c.tubelet
+        x = einops.rearrange(
+            video, "b (t pt) (h ph) (w pw) c -> b t h w (pt ph pw c)", pt=pt, ph=ph, pw=pw
+        )
+        x = nn.Dense(c.model_width, name="tubelet_in")(x)  # (B, t, h, w, D)
+        # Factorised learned positions: where a token sits in time carries the motion.
+        for axis, size in enumerate(c.grid):
+            table = self.param(
+                f"position_{'thw'[axis]}", nn.initializers.normal(0.02), (size, c.model_width)
+            )
+            shape = [1, 1, 1, 1, c.model_width]
+            shape[axis + 1] = size
+            x = x + table.reshape(shape)
+        x = x.reshape(x.shape[0], -1, c.model_width)  # (B, K, D)
+        for i in range(c.encoder_depth):
+            x = EncoderBlock(c.model_width, c.num_heads, name=f"b{i}")(x)
+        return nn.LayerNorm(name="norm_out")(x)  # (B, K, D)
+
+
+class CaptionModel(nn.Module):
+    config: CaptionerConfig
+
+    def setup(self):
+        c = self.config
+        self.encoder = VideoEncoder(c)
+        self.decoder = text_decoder(c)
+
+    def __call__(self, video, tokens):
+        memory = self.encoder(video)  # (B, K, D)
+        mask = jnp.ones(memory.shape[:2], bool)
+        return self.decoder(tokens, memory, mask)  # (B, M, V)
+
+    def encode(self, video):
+        return self.encoder(video)
+
+
+def text_decoder(config: CaptionerConfig) -> TextDecoder:
+    return TextDecoder(
+        vocab_size=config.vocab_size,
+        width=config.model_width,
+        depth=config.decoder_depth,
+        num_heads=config.num_heads,
+        max_length=config.max_length,
+    )
+
+
+def prepare_videos(videos: np.ndarray, config: CaptionerConfig) -> np.ndarray:
+    """uint8 (N, T, H, W, 3) of any size → f32 (N, frames, height, width, 3) in [-1, 1]:
+    evenly spaced frames, then an antialiased resize when the size differs."""
+    videos = np.asarray(videos)
+    if videos.ndim != 5 or videos.shape[-1] != 3 or videos.dtype != np.uint8:
+        raise ValueError(f"videos must be uint8 (N, T, H, W, 3), got {videos.dtype} {videos.shape}")
+    frames = np.linspace(0, videos.shape[1] - 1, config.frames).round().astype(int)
+    x = videos[:, frames].astype(np.float32) / 127.5 - 1.0
+    target = (x.shape[0], config.frames, config.height, config.width, 3)
+    if x.shape != target:
+        x = np.asarray(jax.image.resize(x, target, "linear", antialias=True))
+    return x
+
+
+def caption_loss(params, model: CaptionModel, video, tokens):
+    """Mean cross-entropy of every caption piece and EOS; the forced mode token has no loss."""
+    logits = model.apply({"params": params}, video, tokens[:, :-1])  # (B, M-1, V)
+    targets = tokens[:, 1:]
+    weights = (targets > 0) & (jnp.arange(targets.shape[1]) >= 1)  # skip the mode target
+    losses = -jnp.take_along_axis(jax.nn.log_softmax(logits), targets[..., None], -1)[..., 0]
+    return jnp.sum(losses * weights) / jnp.maximum(jnp.sum(weights), 1)
+
+
+# ---- Inference --------------------------------------------------------------------------------
+
+MODES = ("dense", "short")
+
+
+class Captioner:
+    """An exported captioner: clips in, captions out (greedy, or beam search with beam > 1)."""
+
+    def __init__(self, config: CaptionerConfig, vocab: CaptionVocab, params):
+        self.config, self.vocab, self.params = config, vocab, params
+        self.model = CaptionModel(config)
+        self._encode = jax.jit(lambda p, v: self.model.apply({"params": p}, v, method="encode"))
+
+    @classmethod
+    def load(cls, directory: str | Path) -> "Captioner":
+        directory = Path(directory)
+        stored = checkpoint.load_export_config(directory)
+        if stored.get("kind") != "captioner":
+            raise ValueError(f"{directory} is a {stored.get('kind')!r} export, not a captioner")
+        vocab = CaptionVocab.from_dict(stored["vocab"])  # refuses another tokenizer
+        config = CaptionerConfig(**stored["captioner_config"])
+        abstract = jax.eval_shape(lambda: init_captioner(config, jax.random.key(0)))
+        params, _ = checkpoint.load_export(directory, abstract)
+        return cls(config, vocab, params)
+
+    def caption(self, videos: np.ndarray, mode: str = "dense", beam: int = 1) -> list[str]:
+        if mode not in MODES:
+            raise ValueError(f"unknown caption mode {mode!r}; allowed: {', '.join(MODES)}")
+        if isinstance(beam, bool) or not isinstance(beam, int) or beam < 1:
+            raise ValueError(f"beam must be a positive integer (1 = greedy), got {beam!r}")
+        video = jnp.asarray(prepare_videos(videos, self.config))
+        memory = self._encode(self.params, video)  # (N, K, D)
+        mask = jnp.ones(memory.shape[:2], bool)
+        prefix = jnp.tile(self.vocab.prefix(mode), (memory.shape[0], 1))
+        decoder, decoder_params = text_decoder(self.config), self.params["decoder"]
+        if beam == 1:
+            ids = greedy_decode(decoder, decoder_params, memory, mask, prefix)
+        else:
+            ids = beam_search(decoder, decoder_params, memory, mask, prefix, beam)
+        return self.vocab.decode(np.asarray(ids))
+
+    def timed_caption(self, videos, mode="dense", beam=1) -> tuple[list[str], float]:
+        start = time.perf_counter()
+        captions = self.caption(videos, mode, beam)
+        return captions, time.perf_counter() - start
+
+
+def init_captioner(config: CaptionerConfig, rng) -> dict:
+    video = jnp.zeros((1, config.frames, config.height, config.width, 3))
+    tokens = jnp.ones((1, config.max_length - 1), jnp.int32)
+    return CaptionModel(config).init(rng, video, tokens)["params"]
+
+
+def export_captioner(directory: Path, params, config: CaptionerConfig, vocab, extra: dict) -> Path:
+    stored = {
+        "kind": "captioner",
+        "captioner_config": dataclasses.asdict(config),
+        "vocab": vocab.to_dict(),
+        "code_version": checkpoint.code_version(),
+        **extra,
+    }
+    return checkpoint.export_params(directory, params, stored)

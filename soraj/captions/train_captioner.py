@@ -1,0 +1,246 @@
+"""Captioner trainer, `train_and_evaluate(config, workdir)`: pre-training on the original (web)
+captions of every clip, then fine-tuning on the small labelled subset in the dense and short
+modes (DALL·E 3 §2.1). Checkpoints, resume, metrics.jsonl and the progress bar work as in the
+other trainers; the export in WORKDIR/export is what `soraj caption` and `soraj recaption` load.
+"""
+
+import functools
+import json
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from soraj import checkpoint, optim
+from soraj.captions.accuracy import caption_accuracy
+from soraj.captions.captioner import (
+    Captioner,
+    CaptionerConfig,
+    CaptionModel,
+    caption_loss,
+    export_captioner,
+    init_captioner,
+)
+from soraj.captions.vocab import CaptionVocab
+from soraj.data.pipeline import batch_iterator
+from soraj.data.shapes import (
+    ShapesScene,
+    ShapesSource,
+    dense_caption,
+    parse_dense_caption,
+    sample_scene,
+    short_caption,
+)
+from soraj.data.shapes_alt_text import AltTextNoise, is_labelled, original_caption
+from soraj.metric_writer import MetricWriter
+
+PHASES = ("pretrain", "finetune")
+HELDOUT_SEED_OFFSET = 7_000_003  # held-out evaluation clips: another seed and the held-out pairs
+MIRRORED = {"moves to the left": "moves to the right", "moves to the right": "moves to the left"}
+REVERSED = {**MIRRORED, "moves up": "moves down", "moves down": "moves up"}
+
+# ---- Data -------------------------------------------------------------------------------------
+
+
+def training_source(config) -> ShapesSource:
+    data = config.data
+    if data.source != "shapes":
+        raise ValueError(f"config.data.source={data.source!r}; allowed: shapes")
+    noise = AltTextNoise(**data.alt_text)
+    return ShapesSource(
+        data.num_clips, data.num_frames, data.height, data.width, config.seed, data.split, noise
+    )
+
+
+def corpus_captions(config) -> list[str]:
+    """Every caption the trainer may show: the original caption of every clip, the dense and
+    short captions of the labelled ones (scenes only, nothing rendered)."""
+    data, noise = config.data, AltTextNoise(**config.data.alt_text)
+    captions = []
+    for index in range(data.num_clips):
+        scene = sample_scene(
+            np.random.default_rng((config.seed, index)), data.num_frames, data.split
+        )
+        captions.append(original_caption(scene, config.seed, index, noise))
+        if is_labelled(config.seed, index, data.labelled_fraction):
+            captions += [dense_caption(scene), short_caption(scene)]
+    return captions
+
+
+def labelled_indices(config) -> np.ndarray:
+    data = config.data
+    chosen = [
+        i for i in range(data.num_clips) if is_labelled(config.seed, i, data.labelled_fraction)
+    ]
+    if not chosen:
+        raise ValueError(
+            f"no labelled clips among {data.num_clips} at labelled_fraction "
+            f"{data.labelled_fraction}; raise either"
+        )
+    return np.array(chosen)
+
+
+def _augmented(video: np.ndarray, scene: ShapesScene, rng) -> tuple[np.ndarray, ShapesScene]:
+    """The clip mirrored left-right and/or played backwards, its scene following. Triangles
+    point up, so a left-right mirror keeps them; an up-down one would not."""
+    objects = scene.objects
+    if rng.random() < 0.5:
+        video = video[:, :, ::-1]
+        objects = [
+            o.__class__(o.colour, o.shape, o.size, MIRRORED.get(o.motion, o.motion))
+            for o in objects
+        ]
+    if rng.random() < 0.5:
+        video = video[::-1]
+        objects = [
+            o.__class__(o.colour, o.shape, o.size, REVERSED.get(o.motion, o.motion))
+            for o in objects
+        ]
+    return np.ascontiguousarray(video), ShapesScene(tuple(objects), scene.background)
+
+
+class CaptionExamples:
+    """A grain random_map: clip → {"video", "tokens"} for the phase. Fine-tuning swaps most
+    clips for a random labelled one, captioned densely or briefly."""
+
+    def __init__(self, config, phase: str, vocab: CaptionVocab, source, labelled):
+        self.config, self.phase, self.vocab = config, phase, vocab
+        self.source, self.labelled = source, labelled
+
+    def __call__(self, example: dict, rng: np.random.Generator) -> dict:
+        data = self.config.data
+        if self.phase == "pretrain" or rng.random() < data.finetune_original_share:
+            caption, mode, video = example["caption_original"], "original", example["video"]
+        else:
+            labelled = self.source[int(self.labelled[rng.integers(len(self.labelled))])]
+            scene, video = parse_dense_caption(labelled["caption"]), labelled["video"]
+            if data.augment:
+                video, scene = _augmented(video, scene, rng)
+            mode = "dense" if rng.random() < 0.5 else "short"
+            caption = dense_caption(scene) if mode == "dense" else short_caption(scene)
+        tokens = self.vocab.encode([caption], [mode], self.config.model.max_length)[0]
+        return {"video": video, "tokens": tokens}
+
+
+def phase_iterator(config, phase, vocab, source, labelled):
+    transform = CaptionExamples(config, phase, vocab, source, labelled)
+    seed = config.seed + PHASES.index(phase)
+    return batch_iterator(source, config.batch_size, seed, transform, config.data.threads)
+
+
+# ---- The pure train step ----------------------------------------------------------------------
+
+
+def train_step(state: optim.TrainState, batch: dict, rng, *, model, optimizer, config):
+    """(state, batch, rng) → (state, metrics); rng is unused: the model has no dropout."""
+    del rng
+    video = batch["video"].astype(jnp.float32) / 127.5 - 1.0  # (B, T, H, W, 3)
+    loss, grads = jax.value_and_grad(caption_loss)(state.params, model, video, batch["tokens"])
+    new_state = state.apply_gradients(grads, optimizer, config.optim.ema_decay)
+    metrics = {
+        "loss": loss,
+        "learning_rate": optim.learning_rate_schedule(config.optim)(state.step),
+        **optim.nonfinite_counts(new_state.opt_state),
+    }
+    return new_state, metrics
+
+
+# ---- Evaluation -------------------------------------------------------------------------------
+
+
+def heldout_accuracy(captioner: Captioner, config, mode: str = "dense", beam: int = 1) -> dict:
+    """Accuracy on clips of the held-out colour-shape pairs, from a seed training never used."""
+    data = config.data
+    source = ShapesSource(
+        config.eval_clips,
+        data.num_frames,
+        data.height,
+        data.width,
+        config.seed + HELDOUT_SEED_OFFSET,
+        "heldout",
+    )
+    items = [source[i] for i in range(len(source))]
+    captions = []
+    for start in range(0, len(items), 64):
+        videos = np.stack([item["video"] for item in items[start : start + 64]])
+        captions += captioner.caption(videos, mode, beam)
+    return caption_accuracy(captions, [parse_dense_caption(item["caption"]) for item in items])
+
+
+# ---- The loop ---------------------------------------------------------------------------------
+
+
+def captioner_config(config, vocab: CaptionVocab) -> CaptionerConfig:
+    return CaptionerConfig(**config.model.to_dict(), vocab_size=vocab.size)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path):
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    vocab_path = workdir / "vocab.json"
+    if vocab_path.exists():  # a resumed run keeps the vocabulary its checkpoints use
+        vocab = CaptionVocab.from_dict(json.loads(vocab_path.read_text()))
+    else:
+        vocab = CaptionVocab.from_captions(corpus_captions(config))
+        vocab_path.write_text(json.dumps(vocab.to_dict()))
+    model_config = captioner_config(config, vocab)
+    model = CaptionModel(model_config)
+    source, labelled = training_source(config), labelled_indices(config)
+    optimizer = optim.make_optimizer(config.optim)
+    total = config.pretrain_steps + config.finetune_steps
+
+    def init_state(rng):
+        init_rng, state_rng = jax.random.split(rng)
+        return optim.TrainState.create(init_captioner(model_config, init_rng), optimizer, state_rng)
+
+    rng = jax.random.key(config.seed)
+    manager = checkpoint.manager_from_config(config, workdir)
+    state, data_state, start_step = checkpoint.restore_or_init(manager, init_state, rng, None)
+    (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
+    n_params = sum(x.size for x in jax.tree.leaves(state.params))
+    print(
+        f"captioner {n_params / 1e6:.2f}M params, vocabulary {vocab.size} word pieces, "
+        f"{len(labelled)} labelled of {len(source)} clips; "
+        f"{'resuming at step ' + str(start_step) if start_step else 'starting'}; workdir {workdir}"
+    )
+    step_fn = jax.jit(
+        functools.partial(train_step, model=model, optimizer=optimizer, config=config),
+        donate_argnums=0,
+    )
+    writer = MetricWriter(workdir, total, start_step, "captioner")
+    phase, iterator = None, None
+    for step in range(start_step, total):
+        wanted = PHASES[int(step >= config.pretrain_steps)]
+        if wanted != phase:
+            phase, iterator = wanted, phase_iterator(config, wanted, vocab, source, labelled)
+            if data_state is not None and data_state["phase"] == phase:
+                iterator.set_state(data_state["iterator"])
+        batch = next(iterator)
+        state, metrics = step_fn(state, batch, rng)
+        writer.advance()
+        done = step + 1
+        if done % config.log_every == 0 or done == total:
+            writer.write(
+                done, dict(jax.device_get(metrics), phase=PHASES.index(phase)), len(batch["tokens"])
+            )
+        if done % config.save_every == 0 or done == total:
+            data_state = {"phase": phase, "iterator": iterator.get_state()}
+            checkpoint.save_train_state(
+                manager, done, state, data_state, {"step": done}, force=True
+            )
+            export = export_captioner(
+                workdir / "export", state.ema_params, model_config, vocab, {"step": done}
+            )
+            if config.eval_clips and phase == "finetune":
+                accuracy = heldout_accuracy(Captioner.load(export), config)
+                with open(workdir / "heldout_accuracy.jsonl", "a") as log:
+                    log.write(json.dumps({"step": done, **accuracy}) + "\n")
+                writer.progress.write(
+                    f"step {done}: held-out dense exact match {accuracy['exact']:.3f}"
+                )
+    manager.wait_until_finished()
+    writer.close()
+    print(f"captioner export written to {workdir / 'export'}")
+    return state
