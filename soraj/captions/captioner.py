@@ -41,14 +41,20 @@ class CaptionerConfig:
     def __post_init__(self):
         object.__setattr__(self, "tubelet", tuple(self.tubelet))
         for size, patch, name in zip(
-            (self.frames, self.height, self.width), self.tubelet, ("frames", "height", "width")
+            (self.frames, self.height, self.width),
+            self.tubelet,
+            ("frames", "height", "width"),
+            strict=True,
         ):
             if patch < 1 or size % patch:
                 raise ValueError(f"captioner {name} {size} is not a multiple of tubelet {patch}")
 
     @property
     def grid(self) -> tuple[int, int, int]:
-        return tuple(s // p for s, p in zip((self.frames, self.height, self.width), self.tubelet))
+        return tuple(
+            s // p
+            for s, p in zip((self.frames, self.height, self.width), self.tubelet, strict=True)
+        )
 
 
 # ---- Model ------------------------------------------------------------------------------------
