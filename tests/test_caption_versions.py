@@ -145,6 +145,7 @@ def test_bad_folders_fail_with_one_clear_line(tmp_path, shapes_tfds):
     fails("unknown kind 'images'; allowed: shapes_tfds, video_folder", good, kind="images")
     fails("missing caption_dense", {k: v for k, v in good.items() if k != "caption_dense"})
     fails("missing index", {k: v for k, v in good.items() if k != "index"})
+    fails("must be strings", dict(good, caption_dense=None))
     fails("indices \\[99\\] of split 'train' are outside the 6 records", dict(good, index=99))
     fails("no records of split 'validation'; it has \\['train'\\]", good, split="validation")
     fails("exactly one built Shapes dataset", good, input_path=tmp_path / "nowhere")

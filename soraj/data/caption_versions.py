@@ -106,10 +106,16 @@ def _read_records(path: pathlib.Path, key_fields: tuple[str, ...]) -> list[dict]
                 f"{path}:{number}: a record is an object with {', '.join(needed)}; "
                 f"missing {', '.join(missing)}"
             )
+        if not all(isinstance(record[k], str) for k in REQUIRED_CAPTIONS):
+            raise ValueError(f"{path}:{number}: {', '.join(REQUIRED_CAPTIONS)} must be strings")
         records.append(record)
     if not records:
         raise ValueError(f"{path} holds no records")
     return records
+
+
+def _is_caption(key: str, value) -> bool:
+    return key.startswith("caption_") and isinstance(value, str)  # not a flag such as caption_ok
 
 
 class RecaptionedSource(grain.sources.RandomAccessDataSource):
@@ -139,7 +145,7 @@ class RecaptionedSource(grain.sources.RandomAccessDataSource):
                 raise ValueError(f"{self.root} has no records of split {split!r}; it has {splits}")
         self._records = records
         self._splits: dict = {}  # split → ShapesRecordSource, opened on first use per process
-        fields = {k for r in records for k, v in r.items() if k.startswith("caption_")}
+        fields = {k for r in records for k, v in r.items() if _is_caption(k, v)}
         if self.kind == "shapes_tfds":
             fields.add("caption_oracle")
             self._check_indices()
@@ -170,7 +176,7 @@ class RecaptionedSource(grain.sources.RandomAccessDataSource):
 
     def __getitem__(self, index: int) -> dict:
         record = self._records[index]
-        captions = {k: str(v) for k, v in record.items() if k.startswith("caption_")}
+        captions = {k: v for k, v in record.items() if _is_caption(k, v)}
         item = {"caption": captions["caption_dense"], **captions}
         if self.kind == "shapes_tfds":
             clip = self._shapes(record["split"])[record["index"]]

@@ -56,8 +56,7 @@ class PackedDataSpec:
     packing_bins: int = 0  # rows packed at once (0: 4·B); more bins, less padding
     square_crop: bool = False  # centre-crop every clip to a square first (the crop baseline)
     caption_dropout: float = 0.1  # per sample: its caption becomes "" (the null text)
-    # Per sample, before the dropout: which caption field trains, by these odds
-    # (soraj/data/caption_versions.py); the default is the record's own "caption".
+    # Per sample, before the dropout: the caption field that trains, by odds (caption_versions).
     caption_mix: tuple = DEFAULT_CAPTION_MIX
     # Class-conditional training: records bring "label" in [0, num_classes); a dropped caption
     # also drops the label to num_classes, the null label. 0: text-conditional.
