@@ -234,7 +234,7 @@ def cache_latents_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0, help="the Shapes seed (= config.seed)")
     parser.add_argument("--split", choices=["train", "heldout", "all"], default="train")
     parser.add_argument("--text-states", action="store_true", help="also cache MiniLM states")
-    parser.add_argument("--max-tokens", type=int, default=32, help="MiniLM tokens per caption")
+    parser.add_argument("--max-tokens", type=int, default=64, help="MiniLM tokens per caption")
     parser.add_argument(
         "--batch-size",
         type=int,

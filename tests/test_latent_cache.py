@@ -86,7 +86,7 @@ def test_records_round_trip(cache_dir, codec):
     encode = jax.jit(codec.encode)
     expected = np.concatenate([encode(codec.params, videos[[i]]) for i in range(len(videos))])
     captions = [clips[i]["caption"] for i in range(len(clips))]
-    minilm = MiniLMEncoder(max_tokens=32)
+    minilm = MiniLMEncoder(max_tokens=64)  # the cache-latents and t2v default
     states, mask = minilm.encode(captions)
     for i in range(len(clips)):
         record = records[i]
