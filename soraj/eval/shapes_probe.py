@@ -108,7 +108,7 @@ def _motion_from_centroids(frames, centroids, num_frames: int, canvas) -> str:
     return next(name for name, step in MOTION_DIRECTIONS.items() if list(step) == direction)
 
 
-def _check_object(video, labels, backgrounds, obj: ShapeObject) -> dict:
+def check_object(video, labels, backgrounds, obj: ShapeObject) -> dict:
     num_frames, height, width = labels.shape
     expected_area = AREA_FACTOR[obj.shape] * object_extent(obj.size, height, width) ** 2
     mask = labels == PALETTE_NAMES.index(obj.colour)  # (T, H, W)
@@ -148,7 +148,7 @@ def _check_object(video, labels, backgrounds, obj: ShapeObject) -> dict:
     }
 
 
-def _background_matches(labels: np.ndarray, background: str) -> bool:
+def background_matches(labels: np.ndarray, background: str) -> bool:
     """The caption's background must be the dominant background-coloured label of the video."""
     fractions = {name: float(np.mean(labels == PALETTE_NAMES.index(name))) for name in BACKGROUNDS}
     dominant = max(fractions, key=fractions.get)
@@ -170,9 +170,9 @@ def score_video(video: np.ndarray, caption: str) -> dict:
     labels = label_pixels(video)  # (T, H, W)
     # The median colour of a frame is its background: objects cover well under half of it.
     backgrounds = np.median(video.reshape(len(video), -1, 3), axis=1).astype(np.float32)  # (T, 3)
-    checks = [_check_object(video, labels, backgrounds, obj) for obj in scene.objects]
+    checks = [check_object(video, labels, backgrounds, obj) for obj in scene.objects]
     scores = {key: float(np.mean([check[key] for check in checks])) for key in checks[0]}
-    scores["background"] = float(_background_matches(labels, scene.background))
+    scores["background"] = float(background_matches(labels, scene.background))
     every_check = [value for check in checks for value in check.values()] + [scores["background"]]
     scores["overall"] = float(np.mean(every_check))
     return scores

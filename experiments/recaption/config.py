@@ -1,0 +1,47 @@
+"""The re-captioning experiment's T2V runs: `--config=experiments/recaption/config.py:C`.
+
+Every run is the tiny T2V model of soraj/configs/t2v.py with the same clips (the 20,000 clips
+of `soraj make-dataset shapes`, read in the same order), steps, batch, schedule and seed; only
+the captions differ, drawn per sample at loading time (DALL·E 3 §3.1):
+
+  A  100 % original (web-style alt-text)
+  B  95 % short synthetic (the captioner's short mode) + 5 % original
+  C  95 % dense synthetic (the captioner's dense mode) + 5 % original   (DALL·E 3's recipe)
+  D  100 % dense synthetic
+  E  95 % oracle dense (the renderer's exact caption) + 5 % original  (upper bound of C)
+
+A and E read the TFDS dataset directly (its "caption" is the oracle dense caption); B, C and D
+read the `soraj recaption` folder made from it, whose records are the same clips in the same
+order, so the packing, timesteps and caption draws are identical across runs.
+"""
+
+from soraj.configs import t2v
+
+DATA = "experiments/recaption/data"
+TFDS = f"{DATA}/tfds/soraj_shapes/n20000_v100_t9_h32_w32_s0/1.1.0"
+RECAPTIONED = f"{DATA}/recaptioned"
+MIXES = {
+    "A": ("shapes_tfds", TFDS, (("caption_original", 1.0),)),
+    "B": ("recaptioned", RECAPTIONED, (("caption_short", 0.95), ("caption_original", 0.05))),
+    "C": ("recaptioned", RECAPTIONED, (("caption_dense", 0.95), ("caption_original", 0.05))),
+    "D": ("recaptioned", RECAPTIONED, (("caption_dense", 1.0),)),
+    "E": ("shapes_tfds", TFDS, (("caption", 0.95), ("caption_original", 0.05))),
+}
+STEPS = 1500
+
+
+def get_config(arg: str = "C"):
+    if arg not in MIXES:
+        raise ValueError(f"unknown caption set {arg!r}; allowed: {', '.join(MIXES)}")
+    source, root, mix = MIXES[arg]
+    config = t2v.get_config("tiny")
+    config.vae_checkpoint = "experiments/shapes/checkpoint/vae"
+    config.data.source = source
+    config.data.root = root
+    config.data.num_clips = 20_000
+    config.data.caption_mix = mix
+    config.total_steps = STEPS
+    config.optim.warmup_steps = 200
+    config.save_every = 500
+    config.sample_every = 0
+    return config
