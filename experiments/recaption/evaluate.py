@@ -75,10 +75,11 @@ def bootstrap_interval(values: np.ndarray, rng) -> list[float]:
 
 
 def score_run(run_dir: Path, sets: dict, batch: int, steps: int, guidance: float) -> dict:
+    """{set: {"fully_right": [per prompt], "right": [share of stated checks right]}}"""
     from soraj.generate import Generator
 
     generator = Generator.load(run_dir)
-    fully_right = {}
+    per_prompt = {}
     for name, items in sets.items():
         prompts = [prompt for prompt, _, _ in items]
         videos = []
@@ -86,8 +87,8 @@ def score_run(run_dir: Path, sets: dict, batch: int, steps: int, guidance: float
             chunk = prompts[start : start + batch]
             videos += list(generator(chunk, 9, 32, 32, start, steps, guidance))
         scores = [score_stated(v, objs, bg) for v, (_, objs, bg) in zip(videos, items, strict=True)]
-        fully_right[name] = [s["fully_right"] for s in scores]
-    return fully_right
+        per_prompt[name] = {key: [s[key] for s in scores] for key in ("fully_right", "right")}
+    return per_prompt
 
 
 def main():
@@ -103,25 +104,37 @@ def main():
     start = time.perf_counter()
     sets = prompt_sets(args.num_prompts)
     results = {}
+    settings = vars(args) | {"runs": None}
     for run in args.runs:
+        # Each run's scores are kept beside the results, so runs can be scored as they finish.
+        cached = Path(args.out).with_name(f"{Path(args.out).stem}_{run}.json")
+        if cached.exists() and json.loads(cached.read_text())["settings"] == settings:
+            results[run] = json.loads(cached.read_text())["per_prompt"]
+            continue
         results[run] = score_run(
             Path(args.runs_dir) / run / "export", sets, args.batch, args.steps, args.guidance
         )
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        cached.write_text(json.dumps({"settings": settings, "per_prompt": results[run]}))
     rng = np.random.default_rng(0)
     table = {}
     for run, by_set in results.items():
         table[run] = {}
-        for name, values in by_set.items():
-            values = np.asarray(values)
+        for name, scores in by_set.items():
             table[run][name] = {
-                "mean": float(values.mean()),
-                "ci95": bootstrap_interval(values, rng),
+                key: {
+                    "mean": float(np.mean(values)),
+                    "ci95": bootstrap_interval(np.asarray(values), rng),
+                }
+                for key, values in scores.items()
             }
     differences = {}
     for a, b in (("C", "A"), ("C", "B"), ("C", "D"), ("E", "C"), ("D", "A")):
         if a in results and b in results:
             for name in PROMPT_SETS:
-                delta = np.asarray(results[a][name]) - np.asarray(results[b][name])
+                delta = np.subtract(
+                    results[a][name]["fully_right"], results[b][name]["fully_right"]
+                )
                 differences[f"{a}-{b} {name}"] = {
                     "mean": float(delta.mean()),
                     "ci95": bootstrap_interval(delta, rng),
@@ -140,7 +153,11 @@ def main():
     print("fully right (95 % bootstrap interval)")
     print("run  " + "".join(f"{name:>24}" for name in PROMPT_SETS))
     for run, row in table.items():
-        cells = [f"{c['mean']:.2f} [{c['ci95'][0]:.2f}, {c['ci95'][1]:.2f}]" for c in row.values()]
+        cells = [
+            f"{c['fully_right']['mean']:.2f} [{c['fully_right']['ci95'][0]:.2f}, "
+            f"{c['fully_right']['ci95'][1]:.2f}]"
+            for c in row.values()
+        ]
         print(f"{run:<5}" + "".join(f"{cell:>24}" for cell in cells))
     print(f"wrote {args.out}")
 
