@@ -20,7 +20,7 @@ import numpy as np
 from soraj import checkpoint
 from soraj.captions.decoder import TextDecoder
 from soraj.captions.decoding import beam_search, greedy_decode
-from soraj.captions.vocab import CaptionVocab
+from soraj.captions.vocab import UNK_ID, CaptionVocab
 
 # ---- Config -----------------------------------------------------------------------------------
 
@@ -36,6 +36,13 @@ class CaptionerConfig:
     decoder_depth: int = 3
     num_heads: int = 4
     max_length: int = 40  # decoder positions: BOS, mode, pieces, EOS
+    # Per-frame 3×3 convolutions before the tubelets (0: none): a 7-pixel triangle and circle
+    # differ in edges a linear 8×8 patch embedding hardly separates.
+    stem_channels: int = 0
+    # Decoder inputs replaced by UNK at this rate in training (word dropout): the next word
+    # must come from the video, not only from the words before it (a colour never seen with
+    # a shape would otherwise veto that shape).
+    token_dropout: float = 0.0
     vocab_size: int = 0  # set from the CaptionVocab
 
     def __post_init__(self):
@@ -83,6 +90,11 @@ class VideoEncoder(nn.Module):
     def __call__(self, video):
         c = self.config
         pt, ph, pw = c.tubelet
+        if c.stem_channels:
+            frames = video.reshape(-1, *video.shape[2:])  # (B·T, H, W, 3): 2D convs per frame
+            for i in range(2):
+                frames = nn.gelu(nn.Conv(c.stem_channels, (3, 3), name=f"stem{i}")(frames))
+            video = frames.reshape(*video.shape[:4], c.stem_channels)  # (B, T, H, W, S)
         x = einops.rearrange(
             video, "b (t pt) (h ph) (w pw) c -> b t h w (pt ph pw c)", pt=pt, ph=ph, pw=pw
         )
@@ -128,23 +140,33 @@ def text_decoder(config: CaptionerConfig) -> TextDecoder:
     )
 
 
+def frame_indices(num_frames: int, config: CaptionerConfig) -> np.ndarray:
+    """config.frames evenly spaced frames of a clip of num_frames, first and last included."""
+    return np.linspace(0, num_frames - 1, config.frames).round().astype(int)
+
+
 def prepare_videos(videos: np.ndarray, config: CaptionerConfig) -> np.ndarray:
     """uint8 (N, T, H, W, 3) of any size → f32 (N, frames, height, width, 3) in [-1, 1]:
     evenly spaced frames, then an antialiased resize when the size differs."""
     videos = np.asarray(videos)
     if videos.ndim != 5 or videos.shape[-1] != 3 or videos.dtype != np.uint8:
         raise ValueError(f"videos must be uint8 (N, T, H, W, 3), got {videos.dtype} {videos.shape}")
-    frames = np.linspace(0, videos.shape[1] - 1, config.frames).round().astype(int)
-    x = videos[:, frames].astype(np.float32) / 127.5 - 1.0
+    x = videos[:, frame_indices(videos.shape[1], config)].astype(np.float32) / 127.5 - 1.0
     target = (x.shape[0], config.frames, config.height, config.width, 3)
     if x.shape != target:
         x = np.asarray(jax.image.resize(x, target, "linear", antialias=True))
     return x
 
 
-def caption_loss(params, model: CaptionModel, video, tokens):
-    """Mean cross-entropy of every caption piece and EOS; the forced mode token has no loss."""
-    logits = model.apply({"params": params}, video, tokens[:, :-1])  # (B, M-1, V)
+def caption_loss(params, model: CaptionModel, video, tokens, rng=None):
+    """Mean cross-entropy of every caption piece and EOS; the forced mode token has no loss.
+    With an rng, caption pieces fed to the decoder drop to UNK at the config's token_dropout."""
+    inputs = tokens[:, :-1]  # (B, M-1)
+    if rng is not None and model.config.token_dropout:
+        pieces = jnp.arange(inputs.shape[1]) >= 2  # BOS and the mode token always stay
+        drop = jax.random.bernoulli(rng, model.config.token_dropout, inputs.shape) & pieces
+        inputs = jnp.where(drop & (inputs > 0), UNK_ID, inputs)
+    logits = model.apply({"params": params}, video, inputs)  # (B, M-1, V)
     targets = tokens[:, 1:]
     weights = (targets > 0) & (jnp.arange(targets.shape[1]) >= 1)  # skip the mode target
     losses = -jnp.take_along_axis(jax.nn.log_softmax(logits), targets[..., None], -1)[..., 0]

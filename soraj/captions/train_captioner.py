@@ -21,6 +21,7 @@ from soraj.captions.captioner import (
     CaptionModel,
     caption_loss,
     export_captioner,
+    frame_indices,
     init_captioner,
 )
 from soraj.captions.vocab import CaptionVocab
@@ -121,7 +122,8 @@ class CaptionExamples:
             mode = "dense" if rng.random() < 0.5 else "short"
             caption = dense_caption(scene) if mode == "dense" else short_caption(scene)
         tokens = self.vocab.encode([caption], [mode], self.config.model.max_length)[0]
-        return {"video": video, "tokens": tokens}
+        video = video[frame_indices(len(video), captioner_config(self.config, self.vocab))]
+        return {"video": video, "tokens": tokens}  # (frames, H, W, 3), (max_length,)
 
 
 def phase_iterator(config, phase, vocab, source, labelled):
@@ -134,10 +136,10 @@ def phase_iterator(config, phase, vocab, source, labelled):
 
 
 def train_step(state: optim.TrainState, batch: dict, rng, *, model, optimizer, config):
-    """(state, batch, rng) → (state, metrics); rng is unused: the model has no dropout."""
-    del rng
+    """(state, batch, rng) → (state, metrics); the rng drives the decoder's word dropout."""
+    rng = jax.random.fold_in(rng, state.step)
     video = batch["video"].astype(jnp.float32) / 127.5 - 1.0  # (B, T, H, W, 3)
-    loss, grads = jax.value_and_grad(caption_loss)(state.params, model, video, batch["tokens"])
+    loss, grads = jax.value_and_grad(caption_loss)(state.params, model, video, batch["tokens"], rng)
     new_state = state.apply_gradients(grads, optimizer, config.optim.ema_decay)
     metrics = {
         "loss": loss,

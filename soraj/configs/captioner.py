@@ -12,15 +12,17 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
     config.seed = 0
 
     config.model = ml_collections.ConfigDict()
-    config.model.frames = 9
+    config.model.frames = 3  # first, middle and last frame: enough to see every motion
     config.model.height = 32
     config.model.width = 32
-    config.model.tubelet = (3, 8, 8)
+    config.model.tubelet = (1, 8, 8)
     config.model.model_width = 128
     config.model.encoder_depth = 3
     config.model.decoder_depth = 3
     config.model.num_heads = 4
     config.model.max_length = 40
+    config.model.stem_channels = 16
+    config.model.token_dropout = 0.2
 
     config.data = ml_collections.ConfigDict()
     config.data.source = "shapes"
@@ -55,8 +57,8 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
     config.data.threads = 2
 
     config.batch_size = 64
-    config.pretrain_steps = 1000  # original captions of every clip, mode "original"
-    config.finetune_steps = 1500  # the labelled subset in modes "dense" and "short"
+    config.pretrain_steps = 800  # original captions of every clip, mode "original"
+    config.finetune_steps = 1700  # the labelled subset in modes "dense" and "short"
 
     config.optim = ml_collections.ConfigDict()
     config.optim.learning_rate = 1e-3
