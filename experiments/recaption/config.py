@@ -27,7 +27,7 @@ MIXES = {
     "D": ("recaptioned", RECAPTIONED, (("caption_dense", 1.0),)),
     "E": ("shapes_tfds", TFDS, (("caption", 0.95), ("caption_original", 0.05))),
 }
-STEPS = 1500
+STEPS = 1000
 
 
 def get_config(arg: str = "C"):
