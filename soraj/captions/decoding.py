@@ -1,5 +1,5 @@
-"""Greedy and beam-search decoding of a TextDecoder: each one jitted loop over a fixed maximum
-length with the decoder's KV cache, stopping early once every row has ended.
+"""Greedy, sampled and beam-search decoding of a TextDecoder: each one jitted loop over a
+fixed maximum length with the decoder's KV cache, stopping early once every row has ended.
 
 Both take the decoder module, its params, the memory (B, K, E) with its mask (B, K) and a
 prefix (B, P) of forced tokens (BOS, then the mode token), and return output ids
@@ -39,9 +39,9 @@ def _step(decoder, params, cache, token, memory, memory_mask):
     return log_probs, updated["cache"]
 
 
-@functools.partial(jax.jit, static_argnames="decoder")
-def greedy_decode(decoder: TextDecoder, params, memory, memory_mask, prefix):
-    """The most likely token at every position after the prefix. → (B, max_length) int32"""
+def _token_by_token(decoder, params, memory, memory_mask, prefix, choose):
+    """The loop greedy and sampled decoding share: choose(log_probs (B, V), i) → tokens (B,)
+    picks each free position; prefix positions are forced; rows stop at EOS."""
     decoder = decoder.clone(decode=True)
     batch, length = memory.shape[0], decoder.max_length
     tokens = jnp.zeros((batch, length), jnp.int32).at[:, : prefix.shape[1]].set(prefix)
@@ -55,14 +55,34 @@ def greedy_decode(decoder: TextDecoder, params, memory, memory_mask, prefix):
         i, tokens, cache, done = state
         current = jax.lax.dynamic_slice_in_dim(tokens, i, 1, axis=1)  # (B, 1)
         log_probs, cache = _step(decoder, params, cache, current, memory, memory_mask)
-        chosen = jnp.argmax(log_probs, axis=-1)  # (B,)
         forced = i + 1 < prefix.shape[1]
-        token = jnp.where(forced, tokens[:, i + 1], jnp.where(done, PAD_ID, chosen))
+        token = jnp.where(forced, tokens[:, i + 1], jnp.where(done, PAD_ID, choose(log_probs, i)))
         tokens = tokens.at[:, i + 1].set(token)
         return i + 1, tokens, cache, done | (~forced & (token == EOS_ID))
 
     _, tokens, _, _ = jax.lax.while_loop(running, advance, state)
     return tokens
+
+
+@functools.partial(jax.jit, static_argnames="decoder")
+def greedy_decode(decoder: TextDecoder, params, memory, memory_mask, prefix):
+    """The most likely token at every position after the prefix. → (B, max_length) int32"""
+
+    def most_likely(log_probs, i):
+        return jnp.argmax(log_probs, axis=-1)
+
+    return _token_by_token(decoder, params, memory, memory_mask, prefix, most_likely)
+
+
+@functools.partial(jax.jit, static_argnames="decoder")
+def sample_decode(decoder: TextDecoder, params, memory, memory_mask, prefix, rng, temperature):
+    """Ancestral sampling at `temperature`: where greedy decoding would fill every free choice
+    with its mode, a draw keeps the model's spread. → (B, max_length) int32"""
+
+    def draw(log_probs, i):
+        return jax.random.categorical(jax.random.fold_in(rng, i), log_probs / temperature)
+
+    return _token_by_token(decoder, params, memory, memory_mask, prefix, draw)
 
 
 def _gather_beams(tree, flat_index):

@@ -12,10 +12,10 @@ import numpy as np
 
 from soraj import checkpoint
 from soraj.captions.decoder import TextDecoder
-from soraj.captions.decoding import _start_cache, _step
+from soraj.captions.decoding import sample_decode
 from soraj.captions.expand import Expansion, expand_rule, violations
 from soraj.captions.prompt_parse import parse_prompt
-from soraj.captions.vocab import EOS_ID, PAD_ID, CaptionVocab
+from soraj.captions.vocab import CaptionVocab
 from soraj.data.shapes import STILL, dense_caption, parse_dense_caption
 from soraj.models.conditioning import TextConfig
 
@@ -39,37 +39,6 @@ class ExpanderConfig:
         return TextDecoder(
             vocab_size, self.width, self.depth, self.num_heads, self.max_length, self.mlp_ratio
         )
-
-
-# ---- Sampling ---------------------------------------------------------------------------------
-
-
-@functools.partial(jax.jit, static_argnames="decoder")
-def sample_decode(decoder: TextDecoder, params, memory, memory_mask, prefix, rng, temperature):
-    """Ancestral sampling at `temperature`, one jitted loop with the KV cache: the decoding
-    module's greedy loop with a categorical draw in place of the argmax, because greedy fills
-    every unstated slot with its mode. → (B, max_length) int32"""
-    decoder = decoder.clone(decode=True)
-    batch, length = memory.shape[0], decoder.max_length
-    tokens = jnp.zeros((batch, length), jnp.int32).at[:, : prefix.shape[1]].set(prefix)
-    state = (0, tokens, _start_cache(decoder, params, memory, memory_mask), jnp.zeros(batch, bool))
-
-    def running(state):
-        i, _, _, done = state
-        return (i < length - 1) & ~jnp.all(done)
-
-    def advance(state):
-        i, tokens, cache, done = state
-        current = jax.lax.dynamic_slice_in_dim(tokens, i, 1, axis=1)  # (B, 1)
-        log_probs, cache = _step(decoder, params, cache, current, memory, memory_mask)
-        chosen = jax.random.categorical(jax.random.fold_in(rng, i), log_probs / temperature)
-        forced = i + 1 < prefix.shape[1]
-        token = jnp.where(forced, tokens[:, i + 1], jnp.where(done, PAD_ID, chosen))
-        tokens = tokens.at[:, i + 1].set(token)
-        return i + 1, tokens, cache, done | (~forced & (token == EOS_ID))
-
-    _, tokens, _, _ = jax.lax.while_loop(running, advance, state)
-    return tokens
 
 
 # ---- The expander -----------------------------------------------------------------------------
