@@ -12,17 +12,17 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
     config.seed = 0
 
     config.model = ml_collections.ConfigDict()
-    config.model.frames = 3  # first, middle and last frame: enough to see every motion
+    config.model.frames = 9
     config.model.height = 32
     config.model.width = 32
-    config.model.tubelet = (1, 8, 8)
+    config.model.tubelet = (3, 8, 8)  # motion shows inside a token
     config.model.model_width = 128
     config.model.encoder_depth = 3
     config.model.decoder_depth = 3
     config.model.num_heads = 4
     config.model.max_length = 40
     config.model.stem_channels = 16
-    config.model.token_dropout = 0.2
+    config.model.token_dropout = 0.4
 
     config.data = ml_collections.ConfigDict()
     config.data.source = "shapes"
