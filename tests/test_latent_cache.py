@@ -188,7 +188,7 @@ def test_cache_of_another_dataset_or_text_length_is_refused(cache_dir, codec, tm
         batches(config, codec, 1)
     config = train_config(cache_dir)
     config.text.max_tokens = 16
-    with pytest.raises(ValueError, match="MiniLM states of 32 tokens"):
+    with pytest.raises(ValueError, match="MiniLM states of 64 tokens"):
         batches(config, codec, 1)
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="is not a latent cache"):
