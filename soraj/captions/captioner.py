@@ -43,10 +43,13 @@ class CaptionerConfig:
     # must come from the video, not only from the words before it (a colour never seen with
     # a shape would otherwise veto that shape).
     token_dropout: float = 0.0
+    # Output ids the decoder never reads back (TextDecoder.unfed_ids), e.g. the colour words.
+    unfed_ids: tuple[int, ...] = ()
     vocab_size: int = 0  # set from the CaptionVocab
 
     def __post_init__(self):
         object.__setattr__(self, "tubelet", tuple(self.tubelet))
+        object.__setattr__(self, "unfed_ids", tuple(int(i) for i in self.unfed_ids))
         for size, patch, name in zip(
             (self.frames, self.height, self.width),
             self.tubelet,
@@ -137,12 +140,13 @@ def text_decoder(config: CaptionerConfig) -> TextDecoder:
         depth=config.decoder_depth,
         num_heads=config.num_heads,
         max_length=config.max_length,
+        unfed_ids=config.unfed_ids,
     )
 
 
-def frame_indices(num_frames: int, config: CaptionerConfig) -> np.ndarray:
-    """config.frames evenly spaced frames of a clip of num_frames, first and last included."""
-    return np.linspace(0, num_frames - 1, config.frames).round().astype(int)
+def frame_indices(num_frames: int, frames: int) -> np.ndarray:
+    """`frames` evenly spaced frames of a clip of num_frames, first and last included."""
+    return np.linspace(0, num_frames - 1, frames).round().astype(int)
 
 
 def prepare_videos(videos: np.ndarray, config: CaptionerConfig) -> np.ndarray:
@@ -151,7 +155,7 @@ def prepare_videos(videos: np.ndarray, config: CaptionerConfig) -> np.ndarray:
     videos = np.asarray(videos)
     if videos.ndim != 5 or videos.shape[-1] != 3 or videos.dtype != np.uint8:
         raise ValueError(f"videos must be uint8 (N, T, H, W, 3), got {videos.dtype} {videos.shape}")
-    x = videos[:, frame_indices(videos.shape[1], config)].astype(np.float32) / 127.5 - 1.0
+    x = videos[:, frame_indices(videos.shape[1], config.frames)].astype(np.float32) / 127.5 - 1.0
     target = (x.shape[0], config.frames, config.height, config.width, 3)
     if x.shape != target:
         x = np.asarray(jax.image.resize(x, target, "linear", antialias=True))

@@ -13,6 +13,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from soraj.captions.vocab import UNK_ID
+
 
 class DecoderBlock(nn.Module):
     width: int
@@ -55,9 +57,16 @@ class TextDecoder(nn.Module):
     mlp_ratio: int = 4
     decode: bool = False
     dtype: Any = jnp.float32
+    # Output ids the decoder writes but never reads back: they reach its input as UNK, so the
+    # words after them are predicted from the memory, not from them (a colour never seen with
+    # a shape cannot veto that shape).
+    unfed_ids: tuple[int, ...] = ()
 
     @nn.compact
     def __call__(self, tokens, memory, memory_mask):
+        if self.unfed_ids:
+            unfed = jnp.isin(tokens, jnp.array(self.unfed_ids, jnp.int32))
+            tokens = jnp.where(unfed, UNK_ID, tokens)
         embed = nn.Embed(self.vocab_size, self.width, name="embed")
         positions = self.param(
             "positions", nn.initializers.normal(0.02), (self.max_length, self.width)

@@ -122,7 +122,7 @@ class CaptionExamples:
             mode = "dense" if rng.random() < 0.5 else "short"
             caption = dense_caption(scene) if mode == "dense" else short_caption(scene)
         tokens = self.vocab.encode([caption], [mode], self.config.model.max_length)[0]
-        video = video[frame_indices(len(video), captioner_config(self.config, self.vocab))]
+        video = video[frame_indices(len(video), self.config.model.frames)]
         return {"video": video, "tokens": tokens}  # (frames, H, W, 3), (max_length,)
 
 
@@ -175,7 +175,9 @@ def heldout_accuracy(captioner: Captioner, config, mode: str = "dense", beam: in
 
 
 def captioner_config(config, vocab: CaptionVocab) -> CaptionerConfig:
-    return CaptionerConfig(**config.model.to_dict(), vocab_size=vocab.size)
+    fields = config.model.to_dict()
+    unfed = vocab.piece_ids(fields.pop("unfed_words", ()))
+    return CaptionerConfig(**fields, vocab_size=vocab.size, unfed_ids=unfed)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path):

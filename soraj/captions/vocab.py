@@ -110,6 +110,13 @@ class CaptionVocab:
             ids[row, : len(sequence)] = sequence
         return ids
 
+    def piece_ids(self, words: Sequence[str]) -> tuple[int, ...]:
+        """Output ids of every word piece of `words` (those in the shortlist), sorted."""
+        ids = set()
+        for encoding in self._tokenizer.encode_batch(list(words), add_special_tokens=False):
+            ids.update(self._to_output[i] for i in encoding.ids if i in self._to_output)
+        return tuple(sorted(ids))
+
     def decode(self, ids: np.ndarray) -> list[str]:
         """Output ids (N, M) → captions: the pieces after the prefix, up to the first EOS."""
         captions = []

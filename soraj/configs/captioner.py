@@ -23,6 +23,18 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
     config.model.max_length = 40
     config.model.stem_channels = 16
     config.model.token_dropout = 0.4
+    # Words the decoder writes but never reads back: with the colour unseen, a shape is read
+    # from the video even for a colour-shape pair training never showed.
+    config.model.unfed_words = (
+        "red",
+        "green",
+        "blue",
+        "yellow",
+        "purple",
+        "orange",
+        "cyan",
+        "white",
+    )
 
     config.data = ml_collections.ConfigDict()
     config.data.source = "shapes"
