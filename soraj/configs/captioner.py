@@ -15,26 +15,18 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
     config.model.frames = 9
     config.model.height = 32
     config.model.width = 32
-    config.model.tubelet = (3, 8, 8)  # motion shows inside a token
+    config.model.tubelet = (3, 8, 8)  # three frames a token: motion shows inside it
     config.model.model_width = 128
     config.model.encoder_depth = 3
     config.model.decoder_depth = 3
     config.model.num_heads = 4
     config.model.max_length = 40
-    config.model.stem_channels = 16
-    config.model.token_dropout = 0.4
-    # Words the decoder writes but never reads back: with the colour unseen, a shape is read
-    # from the video even for a colour-shape pair training never showed.
-    config.model.unfed_words = (
-        "red",
-        "green",
-        "blue",
-        "yellow",
-        "purple",
-        "orange",
-        "cyan",
-        "white",
-    )
+    # Options tried against held-out shape (experiments/captioner/NOTES.md), off in the
+    # shipped recipe: per-frame conv stem channels, decoder word dropout, and words the
+    # decoder writes but never reads back (e.g. the colour words).
+    config.model.stem_channels = 0
+    config.model.token_dropout = 0.0
+    config.model.unfed_words = ()
 
     config.data = ml_collections.ConfigDict()
     config.data.source = "shapes"
@@ -69,8 +61,8 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
     config.data.threads = 2
 
     config.batch_size = 64
-    config.pretrain_steps = 800  # original captions of every clip, mode "original"
-    config.finetune_steps = 1700  # the labelled subset in modes "dense" and "short"
+    config.pretrain_steps = 1000  # original captions of every clip, mode "original"
+    config.finetune_steps = 1500  # the labelled subset in modes "dense" and "short"
 
     config.optim = ml_collections.ConfigDict()
     config.optim.learning_rate = 1e-3
