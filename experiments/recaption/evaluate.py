@@ -129,16 +129,15 @@ def main():
                 for key, values in scores.items()
             }
     differences = {}
-    for a, b in (("C", "A"), ("C", "B"), ("C", "D"), ("E", "C"), ("D", "A")):
+    for a, b in (("C", "A"), ("C", "B"), ("C", "D"), ("E", "C"), ("D", "A"), ("E", "A")):
         if a in results and b in results:
             for name in PROMPT_SETS:
-                delta = np.subtract(
-                    results[a][name]["fully_right"], results[b][name]["fully_right"]
-                )
-                differences[f"{a}-{b} {name}"] = {
-                    "mean": float(delta.mean()),
-                    "ci95": bootstrap_interval(delta, rng),
-                }
+                for key in ("fully_right", "right"):
+                    delta = np.subtract(results[a][name][key], results[b][name][key])
+                    differences[f"{a}-{b} {name} {key}"] = {
+                        "mean": float(delta.mean()),
+                        "ci95": bootstrap_interval(delta, rng),
+                    }
     examples = {name: [prompt for prompt, _, _ in sets[name][:5]] for name in PROMPT_SETS}
     output = {
         "settings": vars(args),
@@ -159,6 +158,8 @@ def main():
             for c in row.values()
         ]
         print(f"{run:<5}" + "".join(f"{cell:>24}" for cell in cells))
+    for pair, delta in differences.items():
+        print(f"{pair}: {delta['mean']:+.3f} [{delta['ci95'][0]:+.3f}, {delta['ci95'][1]:+.3f}]")
     print(f"wrote {args.out}")
 
 
