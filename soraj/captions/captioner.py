@@ -162,17 +162,22 @@ def prepare_videos(videos: np.ndarray, config: CaptionerConfig) -> np.ndarray:
     return x
 
 
-def caption_loss(params, model: CaptionModel, video, tokens, rng=None):
+def caption_loss(params, model: CaptionModel, video, tokens, rng=None, unscored=None):
     """Mean cross-entropy of every caption piece and EOS; the forced mode token has no loss.
-    With an rng, caption pieces fed to the decoder drop to UNK at the config's token_dropout."""
+    With an rng, caption pieces fed to the decoder drop to UNK at the config's token_dropout.
+    `unscored` bool (B, M) marks pieces the video does not show (the colour words of a
+    recoloured clip): they have no loss and the decoder reads UNK in their place."""
     inputs = tokens[:, :-1]  # (B, M-1)
     if rng is not None and model.config.token_dropout:
         pieces = jnp.arange(inputs.shape[1]) >= 2  # BOS and the mode token always stay
         drop = jax.random.bernoulli(rng, model.config.token_dropout, inputs.shape) & pieces
         inputs = jnp.where(drop & (inputs > 0), UNK_ID, inputs)
-    logits = model.apply({"params": params}, video, inputs)  # (B, M-1, V)
     targets = tokens[:, 1:]
     weights = (targets > 0) & (jnp.arange(targets.shape[1]) >= 1)  # skip the mode target
+    if unscored is not None:
+        inputs = jnp.where(unscored[:, :-1], UNK_ID, inputs)
+        weights = weights & ~unscored[:, 1:]
+    logits = model.apply({"params": params}, video, inputs)  # (B, M-1, V)
     losses = -jnp.take_along_axis(jax.nn.log_softmax(logits), targets[..., None], -1)[..., 0]
     return jnp.sum(losses * weights) / jnp.maximum(jnp.sum(weights), 1)
 

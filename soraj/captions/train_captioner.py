@@ -27,14 +27,18 @@ from soraj.captions.captioner import (
 from soraj.captions.vocab import CaptionVocab
 from soraj.data.pipeline import batch_iterator
 from soraj.data.shapes import (
+    COLOURS,
     ShapesScene,
     ShapesSource,
+    clip_scene_tracks,
     dense_caption,
     parse_dense_caption,
+    render_tracks,
     sample_scene,
     short_caption,
 )
 from soraj.data.shapes_alt_text import AltTextNoise, is_labelled, original_caption
+from soraj.data.shapes_recolour import random_object_colours
 from soraj.metric_writer import MetricWriter
 
 PHASES = ("pretrain", "finetune")
@@ -111,19 +115,34 @@ class CaptionExamples:
         self.source, self.labelled = source, labelled
 
     def __call__(self, example: dict, rng: np.random.Generator) -> dict:
-        data = self.config.data
+        data, length = self.config.data, self.config.model.max_length
+        recolour = rng.random() < data.recolour_share
         if self.phase == "pretrain" or rng.random() < data.finetune_original_share:
-            caption, mode, video = example["caption_original"], "original", example["video"]
+            caption, mode = example["caption_original"], "original"
+            video = self._recoloured(example["index"], rng) if recolour else example["video"]
         else:
-            labelled = self.source[int(self.labelled[rng.integers(len(self.labelled))])]
-            scene, video = parse_dense_caption(labelled["caption"]), labelled["video"]
+            index = int(self.labelled[rng.integers(len(self.labelled))])
+            labelled = self.source[index]
+            scene = parse_dense_caption(labelled["caption"])
+            video = self._recoloured(index, rng) if recolour else labelled["video"]
             if data.augment:
                 video, scene = _augmented(video, scene, rng)
             mode = "dense" if rng.random() < 0.5 else "short"
             caption = dense_caption(scene) if mode == "dense" else short_caption(scene)
-        tokens = self.vocab.encode([caption], [mode], self.config.model.max_length)[0]
+        tokens = self.vocab.encode([caption], [mode], length)[0]
+        unscored = self.vocab.word_positions(caption, COLOURS, length) & recolour
         video = video[frame_indices(len(video), self.config.model.frames)]
-        return {"video": video, "tokens": tokens}  # (frames, H, W, 3), (max_length,)
+        # (frames, H, W, 3), (max_length,), (max_length,)
+        return {"video": video, "tokens": tokens, "unscored": unscored}
+
+    def _recoloured(self, index: int, rng: np.random.Generator) -> np.ndarray:
+        """Clip `index` drawn again with its objects in random off-palette colours."""
+        source = self.source
+        scene, tracks = clip_scene_tracks(
+            source.seed, index, source.num_frames, source.height, source.width, source.split
+        )
+        colours = random_object_colours(scene, rng)
+        return render_tracks(scene, tracks, source.height, source.width, colours)
 
 
 def phase_iterator(config, phase, vocab, source, labelled):
@@ -139,7 +158,9 @@ def train_step(state: optim.TrainState, batch: dict, rng, *, model, optimizer, c
     """(state, batch, rng) → (state, metrics); the rng drives the decoder's word dropout."""
     rng = jax.random.fold_in(rng, state.step)
     video = batch["video"].astype(jnp.float32) / 127.5 - 1.0  # (B, T, H, W, 3)
-    loss, grads = jax.value_and_grad(caption_loss)(state.params, model, video, batch["tokens"], rng)
+    loss, grads = jax.value_and_grad(caption_loss)(
+        state.params, model, video, batch["tokens"], rng, batch["unscored"]
+    )
     new_state = state.apply_gradients(grads, optimizer, config.optim.ema_decay)
     metrics = {
         "loss": loss,

@@ -110,6 +110,21 @@ class CaptionVocab:
             ids[row, : len(sequence)] = sequence
         return ids
 
+    def word_positions(self, caption: str, words: Sequence[str], length: int) -> np.ndarray:
+        """bool (length,): the positions of `encode`'s row for `caption` that hold a piece of
+        one of `words` (whole words, any casing), e.g. every piece of "cyan" in "cy ##an"."""
+        wanted = {word.lower() for word in words}
+        encoding = self._tokenizer.encode(caption, add_special_tokens=False)
+        spans = {}  # word index → (first character, last character) in the caption
+        for word, (start, end) in zip(encoding.word_ids, encoding.offsets, strict=True):
+            first, last = spans.get(word, (start, end))
+            spans[word] = (min(first, start), max(last, end))
+        positions = np.zeros(length, bool)
+        for i, word in enumerate(encoding.word_ids):
+            start, end = spans[word]
+            positions[2 + i] = caption[start:end].lower() in wanted  # after BOS and mode
+        return positions
+
     def piece_ids(self, words: Sequence[str]) -> tuple[int, ...]:
         """Output ids of every word piece of `words` (those in the shortlist), sorted."""
         ids = set()

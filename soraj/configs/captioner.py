@@ -58,6 +58,9 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
     # Labelled clips are mirrored left-right and played backwards (their captions follow),
     # four views of each of the few exact labels.
     config.data.augment = True
+    # Share of examples whose clip is drawn again in random off-palette colours, their colour
+    # words unscored (soraj/data/shapes_recolour.py): shape must come from the pixels.
+    config.data.recolour_share = 0.0
     config.data.threads = 2
 
     config.batch_size = 64

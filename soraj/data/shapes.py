@@ -255,19 +255,29 @@ def _coverage(shape, dy, dx, half):
     return box * sides[0] * sides[1]
 
 
-def render_tracks(scene: ShapesScene, tracks: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Anti-aliased uint8 video (T, H, W, 3); later objects are drawn over earlier ones."""
+def render_tracks(
+    scene: ShapesScene, tracks: np.ndarray, height: int, width: int, colours=None
+) -> np.ndarray:
+    """Anti-aliased uint8 video (T, H, W, 3); later objects are drawn over earlier ones.
+    `colours` (O, 3) RGB replaces the palette colours of the objects (recolouring
+    augmentation); None draws each object in its named colour."""
     num_frames = tracks.shape[1]
+    if colours is None:
+        colours = [COLOURS[obj.colour] for obj in scene.objects]
+    colours = np.asarray(colours, np.float32)
+    if colours.shape != (len(scene.objects), 3):
+        raise ValueError(
+            f"colours must be ({len(scene.objects)}, 3) RGB, one per object; got {colours.shape}"
+        )
     rows = np.arange(height, dtype=np.float32) + 0.5  # pixel centres
     cols = np.arange(width, dtype=np.float32) + 0.5
     video = np.empty((num_frames, height, width, 3), np.float32)
     video[...] = BACKGROUNDS[scene.background]
-    for obj, track in zip(scene.objects, tracks.astype(np.float32), strict=True):
+    for obj, track, colour in zip(scene.objects, tracks.astype(np.float32), colours, strict=True):
         dy = rows[None, :, None] - track[:, 0, None, None]  # (T, H, 1)
         dx = cols[None, None, :] - track[:, 1, None, None]  # (T, 1, W)
         half = object_extent(obj.size, height, width) / 2
         alpha = _coverage(obj.shape, dy, dx, half)  # (T, H, W)
-        colour = np.array(COLOURS[obj.colour], np.float32)
         video += alpha[..., None] * (colour - video)
     return np.rint(video).astype(np.uint8)
 
@@ -282,6 +292,14 @@ def render_scene(
 # ---- Grain source ----
 
 
+def clip_scene_tracks(seed: int, index: int, num_frames: int, height: int, width: int, split: str):
+    """The scene and object centres (O, T, 2) of clip `index` of `seed`: what `clip_item`
+    renders, for drawing the same clip again in other colours."""
+    rng = np.random.default_rng((seed, index))
+    scene = sample_scene(rng, num_frames, split)
+    return scene, sample_tracks(scene, num_frames, height, width, rng)
+
+
 def clip_item(
     seed: int, index: int, num_frames: int, height: int, width: int, split: str, alt_text=None
 ):
@@ -291,11 +309,10 @@ def clip_item(
     # Imported here: the alt-text module builds on this module's vocabulary.
     from soraj.data.shapes_alt_text import AltTextNoise, original_caption
 
-    rng = np.random.default_rng((seed, index))
-    scene = sample_scene(rng, num_frames, split)
+    scene, tracks = clip_scene_tracks(seed, index, num_frames, height, width, split)
     alt_text = AltTextNoise() if alt_text is None else alt_text
     return {
-        "video": render_scene(scene, num_frames, height, width, rng),  # (T, H, W, 3)
+        "video": render_tracks(scene, tracks, height, width),  # (T, H, W, 3)
         "caption": dense_caption(scene),
         "caption_original": original_caption(scene, seed, index, alt_text),
         "short_caption": short_caption(scene),
