@@ -106,3 +106,35 @@ def test_unscored_pieces_have_no_loss_and_are_read_as_unknown():
     scored = [(0, 1), (0, 3), (0, 4), (1, 2), (1, 3)]
     expected = -np.mean([log_p[b, j, int(tokens[b, j + 1])] for b, j in scored])
     np.testing.assert_allclose(float(loss), expected, rtol=1e-5)
+
+
+def test_form_stem_sees_shape_but_not_colour_or_background():
+    from soraj.captions.captioner import FormStem
+
+    tracks = np.array([[[15.3, 16.2]]])  # (O, T, 2): one still object off the pixel grid
+
+    def frame(colour, shape, background="black"):
+        scene = ShapesScene((ShapeObject("red", shape, "large", "stays still"),), background)
+        video = shapes.render_tracks(scene, tracks, 32, 32, np.array([colour], np.float32))
+        return video[0].astype(np.float32) / 127.5 - 1.0  # (H, W, 3)
+
+    purple, red, white = (150, 60, 200), (220, 40, 40), (240, 240, 240)
+    frames = jnp.stack(
+        [
+            frame(purple, "triangle"),
+            frame(red, "triangle"),
+            frame(white, "triangle", "gray"),
+            frame(purple, "circle"),
+            frame(purple, "square"),
+        ]
+    )
+    stem = FormStem(16)
+    form = np.asarray(stem.apply(stem.init(jax.random.key(0), frames), frames))
+
+    def distance(i, j):
+        return np.abs(form[i] - form[j]).mean()
+
+    same_shape = max(distance(0, 1), distance(0, 2))
+    other_shape = min(distance(0, 3), distance(0, 4))
+    # Rounding to uint8 and the flat-pixel epsilon leave a trace of colour; shape is 20× more.
+    assert same_shape * 20 < other_shape, (same_shape, other_shape)

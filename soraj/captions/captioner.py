@@ -39,6 +39,9 @@ class CaptionerConfig:
     # Per-frame 3×3 convolutions before the tubelets (0: none): a 7-pixel triangle and circle
     # differ in edges a linear 8×8 patch embedding hardly separates.
     stem_channels: int = 0
+    # Colour-invariant form channels beside the pixels (0: none; FormStem): edges of any colour
+    # give the same features, so shape can be read without colour.
+    form_channels: int = 0
     # Decoder inputs replaced by UNK at this rate in training (word dropout): the next word
     # must come from the video, not only from the words before it (a colour never seen with
     # a shape would otherwise veto that shape).
@@ -84,6 +87,36 @@ class EncoderBlock(nn.Module):
         return x + nn.Dense(self.width, dtype=self.dtype, name="mlp_out")(nn.gelu(y))
 
 
+class FormStem(nn.Module):
+    """frames f32 (N, H, W, 3) → colour-invariant form features (N, H, W, K).
+
+    One set of zero-mean 3×3 filters runs on each colour channel alone; the absolute responses
+    are summed over the channels and scaled to unit length per pixel. An object of colour c on
+    a background b gives |c − b|₁·|filter ∗ coverage|, whose direction over the K filters is the
+    same for every colour: the object's form without its colour. A second 3×3 convolution
+    combines the edges into corners and curves.
+    """
+
+    channels: int
+    epsilon: float = 0.05  # response norm under which a pixel counts as flat (pixels in [-1, 1])
+
+    @nn.compact
+    def __call__(self, frames):
+        n, h, w, c = frames.shape
+        kernel = self.param("edge_kernel", nn.initializers.lecun_normal(), (3, 3, 1, self.channels))
+        kernel = kernel - kernel.mean(axis=(0, 1), keepdims=True)  # flat regions give 0
+        per_channel = frames.transpose(0, 3, 1, 2).reshape(n * c, h, w, 1)  # (N·3, H, W, 1)
+        # Edge padding: a zero border would be an edge whose strength depends on the colours.
+        padded = jnp.pad(per_channel, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="edge")
+        edges = jax.lax.conv_general_dilated(
+            padded, kernel, (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC")
+        )  # (N·3, H, W, K)
+        edges = jnp.abs(edges).reshape(n, c, h, w, self.channels).sum(axis=1)  # (N, H, W, K)
+        norm = jnp.sqrt(jnp.sum(edges * edges, axis=-1, keepdims=True))
+        form = edges / (norm + self.epsilon)  # (N, H, W, K): unit length on edges, ~0 when flat
+        return nn.gelu(nn.Conv(self.channels, (3, 3), name="form_conv")(form))  # (N, H, W, K)
+
+
 class VideoEncoder(nn.Module):
     """video f32 (B, T, H, W, 3) in [-1, 1] → tokens (B, K, D), one per tubelet."""
 
@@ -93,11 +126,17 @@ class VideoEncoder(nn.Module):
     def __call__(self, video):
         c = self.config
         pt, ph, pw = c.tubelet
+        pixels = video.reshape(-1, *video.shape[2:])  # (B·T, H, W, 3): 2D convs per frame
+        channels = [pixels]
         if c.stem_channels:
-            frames = video.reshape(-1, *video.shape[2:])  # (B·T, H, W, 3): 2D convs per frame
+            frames = pixels
             for i in range(2):
                 frames = nn.gelu(nn.Conv(c.stem_channels, (3, 3), name=f"stem{i}")(frames))
-            video = frames.reshape(*video.shape[:4], c.stem_channels)  # (B, T, H, W, S)
+            channels = [frames]  # (B·T, H, W, S)
+        if c.form_channels:
+            channels.append(FormStem(c.form_channels, name="form")(pixels))  # (B·T, H, W, F)
+        features = jnp.concatenate(channels, axis=-1)
+        video = features.reshape(*video.shape[:4], features.shape[-1])  # (B, T, H, W, S + F)
         x = einops.rearrange(
             video, "b (t pt) (h ph) (w pw) c -> b t h w (pt ph pw c)", pt=pt, ph=ph, pw=pw
         )

@@ -22,9 +22,10 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
     config.model.num_heads = 4
     config.model.max_length = 40
     # Options tried against held-out shape (experiments/captioner/NOTES.md), off in the
-    # shipped recipe: per-frame conv stem channels, decoder word dropout, and words the
-    # decoder writes but never reads back (e.g. the colour words).
+    # shipped recipe: per-frame conv stem channels, colour-invariant form channels, decoder
+    # word dropout, and words the decoder writes but never reads back (e.g. the colour words).
     config.model.stem_channels = 0
+    config.model.form_channels = 0
     config.model.token_dropout = 0.0
     config.model.unfed_words = ()
 
