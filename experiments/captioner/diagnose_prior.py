@@ -1,6 +1,6 @@
 """Where a captioner's colour→shape prior lives: in its video encoder, in its text decoder, or both.
 
-Two measures on one-object clips, both without the captioner's own decoding:
+Three measures, the first two on one-object clips without the captioner's own decoding:
 - **encoder probe**: a linear classifier of the object's shape on the mean and max of the
   encoder's tokens, fitted on training-distribution clips and scored on held-out pairs. If the
   encoder's shape features were colour-free, the probe would carry over; if it learned shape
@@ -9,12 +9,16 @@ Two measures on one-object clips, both without the captioner's own decoding:
   caption up to the shape, with the true colour word, and with the colour word swapped for a
   training colour that is seen with that shape. The gap between the two is what the colour
   word alone vetoes.
+- **held-out errors**: the colour–shape pairs of greedy dense captions of held-out clips (one
+  or two objects) that differ from the clip's, most common first.
 
   .venv/bin/python experiments/captioner/diagnose_prior.py \
-      --checkpoint experiments/shapes/checkpoint/captioner --out results/prior_shipped.json
+      --checkpoint experiments/shapes/checkpoint/captioner \
+      --out experiments/captioner/results/prior_v7.json
 """
 
 import argparse
+import collections
 import json
 from pathlib import Path
 
@@ -96,6 +100,23 @@ def forced_shape_accuracy(captioner: Captioner, captions, videos, truth) -> floa
     return float(np.mean(np.array(chosen) == truth))
 
 
+def pair_errors(captioner: Captioner, items, top: int = 12) -> list[dict]:
+    """(true pairs, written pairs, count) of the captions whose colour–shape pairs are wrong."""
+    captions = captioner.caption(np.stack([item["video"] for item in items]), "dense")
+    errors = collections.Counter()
+    for item, caption in zip(items, captions, strict=True):
+        truth = sorted(
+            f"{o.colour} {o.shape}" for o in parse_dense_caption(item["caption"]).objects
+        )
+        try:
+            written = sorted(f"{o.colour} {o.shape}" for o in parse_dense_caption(caption).objects)
+        except ValueError:
+            written = ["(does not parse)"]
+        if written != truth:
+            errors[(" + ".join(truth), " + ".join(written))] += 1
+    return [{"truth": t, "written": w, "clips": n} for (t, w), n in errors.most_common(top)]
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--checkpoint", required=True, help="a captioner export")
@@ -118,6 +139,7 @@ def main():
     swapped = [
         c.replace(colour, SWAP[colour], 1) for c, colour in zip(captions, colours, strict=True)
     ]
+    every_heldout = ShapesSource(args.heldout_clips, 9, 32, 32, HELDOUT_SEED_OFFSET, "heldout")
     result = {
         "checkpoint": args.checkpoint,
         "one_object_clips": {"train": len(train), "heldout": len(heldout)},
@@ -125,6 +147,12 @@ def main():
         "decoder_forced_shape_accuracy_heldout": {
             "true_colour": forced_shape_accuracy(captioner, captions, videos, heldout_y),
             "swapped_colour": forced_shape_accuracy(captioner, swapped, videos, heldout_y),
+        },
+        "heldout_pair_errors": {
+            "clips": len(every_heldout),
+            "most_common": pair_errors(
+                captioner, [every_heldout[i] for i in range(len(every_heldout))]
+            ),
         },
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
