@@ -42,6 +42,7 @@ from soraj.data.shapes_recolour import random_object_colours
 from soraj.metric_writer import MetricWriter
 
 PHASES = ("pretrain", "finetune")
+OBJECT_ORDERS = ("reading", "scene")  # how labelled captions order a clip's objects
 HELDOUT_SEED_OFFSET = 7_000_003  # held-out evaluation clips: another seed and the held-out pairs
 MIRRORED = {"moves to the left": "moves to the right", "moves to the right": "moves to the left"}
 REVERSED = {**MIRRORED, "moves up": "moves down", "moves down": "moves up"}
@@ -53,6 +54,10 @@ def training_source(config) -> ShapesSource:
     data = config.data
     if data.source != "shapes":
         raise ValueError(f"config.data.source={data.source!r}; allowed: shapes")
+    if data.object_order not in OBJECT_ORDERS:
+        raise ValueError(
+            f"config.data.object_order={data.object_order!r}; allowed: {', '.join(OBJECT_ORDERS)}"
+        )
     noise = AltTextNoise(**data.alt_text)
     return ShapesSource(
         data.num_clips, data.num_frames, data.height, data.width, config.seed, data.split, noise
@@ -87,23 +92,38 @@ def labelled_indices(config) -> np.ndarray:
     return np.array(chosen)
 
 
-def _augmented(video: np.ndarray, scene: ShapesScene, rng) -> tuple[np.ndarray, ShapesScene]:
-    """The clip mirrored left-right and/or played backwards, its scene following. Triangles
-    point up, so a left-right mirror keeps them; an up-down one would not."""
+def _augmented(video, scene: ShapesScene, tracks, rng):
+    """The clip mirrored left-right and/or played backwards, its scene and object centres
+    (O, T, 2) following. Triangles point up, so a left-right mirror keeps them; an up-down one
+    would not."""
     objects = scene.objects
     if rng.random() < 0.5:
         video = video[:, :, ::-1]
+        tracks = tracks * np.array([1.0, -1.0]) + np.array([0.0, video.shape[2]])
         objects = [
             o.__class__(o.colour, o.shape, o.size, MIRRORED.get(o.motion, o.motion))
             for o in objects
         ]
     if rng.random() < 0.5:
-        video = video[::-1]
+        video, tracks = video[::-1], tracks[:, ::-1]
         objects = [
             o.__class__(o.colour, o.shape, o.size, REVERSED.get(o.motion, o.motion))
             for o in objects
         ]
-    return np.ascontiguousarray(video), ShapesScene(tuple(objects), scene.background)
+    return np.ascontiguousarray(video), ShapesScene(tuple(objects), scene.background), tracks
+
+
+def in_reading_order(scene: ShapesScene, tracks) -> ShapesScene:
+    """The scene with its objects left to right (then top to bottom) in the first frame.
+
+    A caption that names objects in a fixed visual order tells the decoder where to look for
+    each sentence: the first is the leftmost object, the second the other one. In scene order
+    it must first pick an object and then keep reading the same one, and in two-object clips
+    it binds one object's shape or motion to the other's colour (experiments/captioner/NOTES.md,
+    v8)."""
+    first = np.asarray(tracks)[:, 0]  # (O, 2) as (y, x)
+    order = sorted(range(len(scene.objects)), key=lambda i: (first[i, 1], first[i, 0]))
+    return ShapesScene(tuple(scene.objects[i] for i in order), scene.background)
 
 
 class CaptionExamples:
@@ -122,11 +142,13 @@ class CaptionExamples:
             video = self._recoloured(example["index"], rng) if recolour else example["video"]
         else:
             index = int(self.labelled[rng.integers(len(self.labelled))])
-            labelled = self.source[index]
-            scene = parse_dense_caption(labelled["caption"])
-            video = self._recoloured(index, rng) if recolour else labelled["video"]
+            scene, tracks = self._scene_tracks(index)
+            colours = random_object_colours(scene, rng) if recolour else None
+            video = render_tracks(scene, tracks, *self._canvas, colours)
             if data.augment:
-                video, scene = _augmented(video, scene, rng)
+                video, scene, tracks = _augmented(video, scene, tracks, rng)
+            if data.object_order == "reading":
+                scene = in_reading_order(scene, tracks)
             mode = "dense" if rng.random() < 0.5 else "short"
             caption = dense_caption(scene) if mode == "dense" else short_caption(scene)
         tokens = self.vocab.encode([caption], [mode], length)[0]
@@ -135,14 +157,20 @@ class CaptionExamples:
         # (frames, H, W, 3), (max_length,), (max_length,)
         return {"video": video, "tokens": tokens, "unscored": unscored}
 
-    def _recoloured(self, index: int, rng: np.random.Generator) -> np.ndarray:
-        """Clip `index` drawn again with its objects in random off-palette colours."""
+    @property
+    def _canvas(self) -> tuple[int, int]:
+        return self.source.height, self.source.width
+
+    def _scene_tracks(self, index: int):
         source = self.source
-        scene, tracks = clip_scene_tracks(
+        return clip_scene_tracks(
             source.seed, index, source.num_frames, source.height, source.width, source.split
         )
-        colours = random_object_colours(scene, rng)
-        return render_tracks(scene, tracks, source.height, source.width, colours)
+
+    def _recoloured(self, index: int, rng: np.random.Generator) -> np.ndarray:
+        """Clip `index` drawn again with its objects in random off-palette colours."""
+        scene, tracks = self._scene_tracks(index)
+        return render_tracks(scene, tracks, *self._canvas, random_object_colours(scene, rng))
 
 
 def phase_iterator(config, phase, vocab, source, labelled):
@@ -202,6 +230,7 @@ def captioner_config(config, vocab: CaptionVocab) -> CaptionerConfig:
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path):
+    source, labelled = training_source(config), labelled_indices(config)  # checks the config
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     vocab_path = workdir / "vocab.json"
@@ -212,7 +241,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path):
         vocab_path.write_text(json.dumps(vocab.to_dict()))
     model_config = captioner_config(config, vocab)
     model = CaptionModel(model_config)
-    source, labelled = training_source(config), labelled_indices(config)
     optimizer = optim.make_optimizer(config.optim)
     total = config.pretrain_steps + config.finetune_steps
 

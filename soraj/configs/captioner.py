@@ -61,6 +61,10 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
     # Labelled clips are mirrored left-right and played backwards (their captions follow),
     # four views of each of the few exact labels.
     config.data.augment = True
+    # Labelled captions name objects left to right in the first frame ("reading"), not in the
+    # order the scene drew them ("scene"): each sentence then has a fixed place to look
+    # (experiments/captioner/NOTES.md, v8).
+    config.data.object_order = "reading"
     # Share of examples whose clip is drawn again in random off-palette colours, their colour
     # words unscored (soraj/data/shapes_recolour.py): shape must come from the pixels.
     config.data.recolour_share = 0.5
