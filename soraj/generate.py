@@ -39,6 +39,9 @@ def resolve_bundle(directory: str | Path) -> Path:
 
 
 def dit_config_from_dict(fields: dict) -> DiTConfig:
+    """The DiTConfig an export stored. Exports written before DiTConfig had `modulation`
+    hold per-block, per-token adaLN params, which is what "per_token" builds."""
+    fields = {"modulation": "per_token", **fields}
     return DiTConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()})
 
 

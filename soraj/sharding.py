@@ -33,6 +33,7 @@ DIT_RULES = (
     ("patch", None),
     ("text_embed", None),
     ("modulation", None),  # the 6D adaLN outputs: its embed input side is already fsdp
+    ("modulation_part", None),  # the 6 (or 2) rows of an adaLN-single table
     ("freq", None),  # the 256 timestep-sinusoid features
     ("classes", None),  # the class-label table's rows, replicated like the other embeddings
     ("layers", None),  # the stacked block axis of scan_blocks: every device holds every layer

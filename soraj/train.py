@@ -187,6 +187,7 @@ def make_dit(config, codec: LatentCodec, text: TextConfig) -> DiT:
             num_classes=config.model.num_classes if config.model.conditioning == "class" else 0,
             scan_blocks=config.model.scan_blocks,
             remat=config.model.remat,
+            modulation=config.model.modulation,
         )
     )
     patching.grid_shape(latent[:3], dit.config.patch_size)  # validates divisibility early

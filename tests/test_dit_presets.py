@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from soraj.models.dit import DIT_PRESETS, DiT, DiTConfig
+from soraj.models.dit import DIT_PRESETS, MODULATIONS, DiT, DiTConfig, class_conditional
 from soraj.models.patching import patchify
 
 FREQ = 256  # the timestep sinusoid width fed to t_embedder
@@ -21,22 +21,26 @@ def closed_form_params(cfg: DiTConfig) -> int:
 
     D width, K head dim, H = mlp_ratio·D, P patch features, E text width. Every Dense has a bias.
       attention (q, k, v, out; qk-RMSNorm scales):  4(D² + D) + 2K
-      block:  adaLN 6D² + 6D,  self-attention,  [text: cross-attention],  MLP 2DH + H + D
+      block:  adaLN 6D² + 6D (adaLN-single: a 6 × D table),  self-attention,
+              [text: cross-attention],  MLP 2DH + H + D
       embed:  patch P·D + D,  timestep 256·D + D + D² + D,
-              text: projection E·D + D and pooled projection D² + D  |  class: (classes + 1)·D
-      final:  adaLN 2D² + 2D,  projection D·P + P
+              text: projection E·D + D and pooled projection D² + D  |  class: (classes + 1)·D,
+              adaLN-single: the shared modulation 6D² + 6D
+      final:  adaLN 2D² + 2D (adaLN-single: a 2 × D table),  projection D·P + P
     """
     D, K, P, E = cfg.width, cfg.head_dim, cfg.patch_features, cfg.text_width
     H = int(D * cfg.mlp_ratio)
     attention = 4 * (D * D + D) + 2 * K
-    block = (6 * D * D + 6 * D) + attention + (2 * D * H + H + D)
+    single = cfg.modulation == "single"
+    block_modulation = 6 * D if single else 6 * D * D + 6 * D
+    block = block_modulation + attention + (2 * D * H + H + D)
     if cfg.conditioning == "text":
         block += attention
         cond = (E * D + D) + (D * D + D)
     else:
         cond = (cfg.num_classes + 1) * D
-    embed = (P * D + D) + (FREQ * D + D + D * D + D) + cond
-    final = (2 * D * D + 2 * D) + (D * P + P)
+    embed = (P * D + D) + (FREQ * D + D + D * D + D) + cond + (6 * D * D + 6 * D if single else 0)
+    final = (2 * D if single else 2 * D * D + 2 * D) + (D * P + P)
     return embed + cfg.depth * block + final
 
 
@@ -67,7 +71,7 @@ def _abstract_param_count(cfg: DiTConfig) -> int:
 
 
 def _class_mode(cfg: DiTConfig) -> DiTConfig:
-    return dataclasses.replace(cfg, conditioning="class", num_classes=NUM_CLASSES)
+    return class_conditional(cfg, NUM_CLASSES)
 
 
 # ---- Presets ----
@@ -89,6 +93,14 @@ def test_preset_table_has_the_dit_paper_sizes_with_patches_2_4_8():
 def test_text_preset_param_count_matches_closed_form(name):
     cfg = DIT_PRESETS[name]
     assert _abstract_param_count(cfg) == closed_form_params(cfg)
+
+
+@pytest.mark.parametrize("modulation", MODULATIONS)
+@pytest.mark.parametrize("name", ["tiny", "B/4"])
+def test_every_modulation_param_count_matches_closed_form(name, modulation):
+    for cfg in (DIT_PRESETS[name], _class_mode(DIT_PRESETS[name])):
+        cfg = dataclasses.replace(cfg, modulation=modulation)
+        assert _abstract_param_count(cfg) == closed_form_params(cfg)
 
 
 @pytest.mark.parametrize("name", ["S/2", "B/4", "L/8", "XL/2"])

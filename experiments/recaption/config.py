@@ -44,4 +44,7 @@ def get_config(arg: str = "C"):
     config.optim.warmup_steps = 200
     config.save_every = 500
     config.sample_every = 0
+    # Runs A and E were trained before adaLN-single; every run keeps their per-token adaLN so
+    # the five differ in captions only.
+    config.model.modulation = "per_token"
     return config

@@ -87,6 +87,10 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
     # ("none" | "full" | "dots_saveable", see DiT.REMAT_POLICIES).
     config.model.scan_blocks = False
     config.model.remat = "none"
+    # adaLN modulation (soraj/models/dit_config.py MODULATIONS): "single" shares one per-token
+    # modulation across the blocks (adaLN-single); "per_segment" is the DiT paper's per-sample
+    # adaLN (class-conditional models, one t per sample); "per_token" the earlier per-block one.
+    config.model.modulation = "single"
     # "class": a label embedding in adaLN in place of text, for class-conditional benchmarks
     # (UCF-101 style: --config.data.source=class_folder --config.data.root=DIR); num_classes
     # must equal the folder's class count. The caption dropout then drops labels to the null.

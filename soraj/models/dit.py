@@ -7,7 +7,8 @@ import numpy as np
 
 # Logical axis names on kernels (mapped to mesh axes only in soraj/sharding.py):
 #   "embed" model width D, "mlp" hidden width, "heads" N, "kv" head dim K, "patch" P,
-#   "text_embed" E, "modulation" the 6D / 2D adaLN outputs, "freq" the timestep sinusoid,
+#   "text_embed" E, "modulation" the 6D / 2D adaLN outputs, "modulation_part" the 6 (or 2)
+#   rows of an adaLN-single table, "freq" the timestep sinusoid,
 #   "classes" the rows of the class-label table.
 #
 # Params: `model.init` returns kernels boxed in `nn.Partitioned`. The trainer keeps
@@ -18,9 +19,11 @@ from soraj.models.dit_config import (  # noqa: F401  (the config and presets liv
     DIT_PRESETS,
     DIT_SIZES,
     DTYPES,
+    MODULATIONS,
     REMAT_CHOICES,
     REMAT_POLICIES,
     DiTConfig,
+    class_conditional,
 )
 from soraj.models.layers import (
     DenseOverAxes,
@@ -98,6 +101,42 @@ class MultiHeadAttention(nn.Module):
         return out  # (B, L, D)
 
 
+#################### adaLN modulation ####################
+
+
+def block_modulation(module: nn.Module, mode: str, c, parts: int, dtype):
+    """The `parts` adaLN vectors (shift, scale, gate, ...) of one block, each (B, L, D).
+
+    `c` is what `DiT.modulation_inputs` made for this mode:
+      single       (B, L, parts·D): the shared per-token modulation; this block adds its table.
+      per_segment  ((B, S, D), segment index (B, L)): this block's Dense on each sample's c,
+                   then every token takes its sample's row.
+      per_token    (B, L, D): this block's Dense on every token's c.
+    Everything starts at zero (adaLN-Zero): each gate is 0, so each block starts as identity.
+    """
+    if mode == "single":
+        D = c.shape[-1] // parts
+        table = module.param(
+            "modulation_table",
+            dense_init(("modulation_part", "embed"), nn.initializers.zeros_init()),
+            (parts, D),
+            jnp.float32,
+        )
+        values = c.reshape(*c.shape[:-1], parts, D) + table  # (B, L, parts, D)
+        return [values[..., i, :] for i in range(parts)]
+    if mode == "per_segment":
+        segment_c, segment_index = c
+        D = segment_c.shape[-1]
+        dense = _dense(parts * D, ("embed", "modulation"), dtype, zero=True, name="adaLN")
+        per_segment = dense(nn.silu(segment_c)).astype(jnp.float32)  # (B, S, parts·D)
+        values = jnp.take_along_axis(per_segment, segment_index[..., None], axis=1)
+    else:
+        D = c.shape[-1]
+        dense = _dense(parts * D, ("embed", "modulation"), dtype, zero=True, name="adaLN")
+        values = dense(nn.silu(c))  # (B, L, parts·D)
+    return jnp.split(values, parts, axis=-1)  # each (B, L, D)
+
+
 #################### DiT block ####################
 
 
@@ -116,10 +155,8 @@ class DiTBlock(nn.Module):
         cfg = self.config
         dtype = jnp.dtype(cfg.dtype)
         D = cfg.width
-        # Zero-initialised modulation: every gate starts at 0, so each block starts as identity.
-        modulation = _dense(6 * D, ("embed", "modulation"), dtype, zero=True, name="adaLN")
-        shift_sa, scale_sa, gate_sa, shift_mlp, scale_mlp, gate_mlp = jnp.split(
-            modulation(nn.silu(c)), 6, axis=-1
+        shift_sa, scale_sa, gate_sa, shift_mlp, scale_mlp, gate_mlp = block_modulation(
+            self, cfg.modulation, c, 6, dtype
         )  # each (B, L, D)
 
         attn = dict(num_heads=cfg.num_heads, head_dim=cfg.head_dim, backend=cfg.attention_backend)
@@ -145,19 +182,23 @@ class DiTBlock(nn.Module):
 
 
 class FinalLayer(nn.Module):
-    """adaLN (shift, scale) then D -> P; both zero-initialised so the DiT starts at v = 0."""
+    """adaLN (shift, scale) then D -> P; zero-initialised so the DiT starts at v = 0.
+
+    With adaLN-single the shift and scale are c itself plus a learned table (PixArt-α), so
+    the final layer costs no modulation matmul either."""
 
     config: DiTConfig
 
     @nn.compact
     def __call__(self, x, c):
-        dtype = jnp.dtype(self.config.dtype)
-        modulation = _dense(
-            2 * self.config.width, ("embed", "modulation"), dtype, zero=True, name="adaLN"
-        )
-        shift, scale = jnp.split(modulation(nn.silu(c)), 2, axis=-1)  # (B, L, D) each
+        cfg = self.config
+        dtype = jnp.dtype(cfg.dtype)
+        if cfg.modulation == "single":
+            shift, scale = block_modulation(self, "single", jnp.tile(c, 2), 2, dtype)
+        else:
+            shift, scale = block_modulation(self, cfg.modulation, c, 2, dtype)  # (B, L, D) each
         x = modulate(layer_norm(x), shift, scale)
-        proj = _dense(self.config.patch_features, ("embed", "patch"), dtype, zero=True, name="proj")
+        proj = _dense(cfg.patch_features, ("embed", "patch"), dtype, zero=True, name="proj")
         return proj(x)  # (B, L, P)
 
 
@@ -259,7 +300,7 @@ class DiT(nn.Module):
         # The residual stream stays f32; each Dense casts to the compute dtype on entry.
         x = _dense(D, ("patch", "embed"), dtype, name="patch_embed")(x_t)
         x = x.astype(jnp.float32)  # (B, L, D)
-        c = TimestepEmbedder(D, dtype=dtype, name="t_embedder")(t)  # (B, L, D)
+        t_embedder = TimestepEmbedder(D, dtype=dtype, name="t_embedder")
 
         text_states = text_segment_ids = None
         if cfg.conditioning == "text":
@@ -284,13 +325,30 @@ class DiT(nn.Module):
                 name="label_embedder",
             )
             segment_cond = table(labels)  # (B, S, D)
+        segment_cond = segment_cond.astype(jnp.float32)
 
+        # ---- adaLN conditioning c = timestep embedding + the sample's caption or label ----
         # Per segment, so each token is conditioned on its own caption or label only.
         segment_index = jnp.clip(segment_ids - 1, 0, S - 1)  # (B, L)
-        token_cond = jnp.take_along_axis(
-            segment_cond.astype(jnp.float32), segment_index[..., None], axis=1
-        )  # (B, L, D)
-        c = c.astype(jnp.float32) + jnp.where(is_real[..., None], token_cond, 0)  # (B, L, D)
+        if cfg.modulation == "per_segment":
+            # One t per sample: the mean over its tokens, which all carry the same t here.
+            in_segment = segment_ids[..., None] == jnp.arange(1, S + 1)  # (B, L, S)
+            tokens = jnp.maximum(in_segment.sum(axis=1), 1)  # (B, S)
+            segment_t = jnp.einsum("bl,bls->bs", t, in_segment.astype(t.dtype)) / tokens
+            c = t_embedder(segment_t).astype(jnp.float32) + segment_cond  # (B, S, D)
+            block_c = final_c = (c, segment_index)  # (B, S, D), (B, L)
+        else:
+            token_cond = jnp.take_along_axis(segment_cond, segment_index[..., None], axis=1)
+            c = t_embedder(t).astype(jnp.float32)  # (B, L, D)
+            c = c + jnp.where(is_real[..., None], token_cond, 0)  # (B, L, D)
+            c = tokens_constraint(c)
+            block_c = final_c = c
+            if cfg.modulation == "single":
+                # ---- adaLN-single: one modulation per token, shared by every block ----
+                shared = _dense(6 * D, ("embed", "modulation"), dtype, zero=True, name="adaLN")
+                block_c = nn.with_logical_constraint(
+                    shared(nn.silu(c)).astype(jnp.float32), ("batch", "tokens", "modulation")
+                )  # (B, L, 6D)
 
         # ---- Text as keys for cross-attention ----
         if cfg.conditioning == "text":
@@ -305,8 +363,8 @@ class DiT(nn.Module):
         rope = rope_3d(coords, cfg.head_dim)  # cos, sin (B, L, K/2)
         # Under a mesh, tokens are split over "context" (sequence parallelism) at every block
         # boundary; attention gathers what it needs, as GSPMD decides.
-        x, c = tokens_constraint(x), tokens_constraint(c)
-        block_args = (c, rope, segment_ids, text_states, text_segment_ids, text_mask)
+        x = tokens_constraint(x)
+        block_args = (block_c, rope, segment_ids, text_states, text_segment_ids, text_mask)
         block = DiTBlock
         if cfg.remat != "none":
             # window (argument 8, counting self) is a Python int that shapes the computation.
@@ -334,4 +392,4 @@ class DiT(nn.Module):
                 x = block(cfg, name=f"block_{i}")(x, *block_args, max_segment_tokens)
                 x = tokens_constraint(x)  # (B, L, D)
 
-        return FinalLayer(cfg, name="final")(x, c).astype(jnp.float32)  # (B, L, P)
+        return FinalLayer(cfg, name="final")(x, final_c).astype(jnp.float32)  # (B, L, P)

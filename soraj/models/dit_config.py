@@ -8,6 +8,15 @@ from soraj.models.layers import ATTENTION_BACKENDS
 
 DTYPES = ("float32", "bfloat16", "float16")
 CONDITIONINGS = ("text", "class")
+# How the blocks' adaLN shift/scale/gate values are computed from the conditioning c (see DiT):
+#   "single": one Dense(6D) per token shared by every block, plus a learned per-block table
+#             (PixArt-α's adaLN-single, as Wan and LTX-Video do); per-token timesteps work.
+#   "per_segment": each block's own Dense(6D), run once per sample (segment) on its c: the DiT
+#             paper's adaLN and parameter count; t must be the same on every token of a sample.
+#   "per_token": each block's own Dense(6D) on every token's c: 6D² multiply-adds per token per
+#             block (about 30 % of a block's matmuls). Kept to reproduce earlier checkpoints
+#             and experiments, and as the baseline the others are compared with.
+MODULATIONS = ("single", "per_segment", "per_token")
 # What a rematerialised block keeps for the backward pass (None: nothing but its inputs).
 REMAT_POLICIES = {"full": None, "dots_saveable": jax.checkpoint_policies.dots_saveable}
 REMAT_CHOICES = ("none", *REMAT_POLICIES)
@@ -36,8 +45,11 @@ class DiTConfig:
     # backward pass ("full": keep only block inputs; "dots_saveable": keep matmul outputs).
     scan_blocks: bool = False
     remat: str = "none"
+    modulation: str = "single"
 
     def __post_init__(self):
+        if self.modulation not in MODULATIONS:
+            raise ValueError(f"modulation={self.modulation!r}; allowed: {', '.join(MODULATIONS)}")
         if self.conditioning not in CONDITIONINGS:
             raise ValueError(
                 f"conditioning={self.conditioning!r}; allowed: {', '.join(CONDITIONINGS)}"
@@ -66,6 +78,14 @@ class DiTConfig:
     def patch_features(self) -> int:  # P = pt·ph·pw·C
         pt, ph, pw = self.patch_size
         return pt * ph * pw * self.latent_channels
+
+
+def class_conditional(config: DiTConfig, num_classes: int) -> DiTConfig:
+    """The preset as the DiT paper's class-conditional model: a label per sample in adaLN,
+    each block's own modulation run once per sample (the paper's parameter count)."""
+    return dataclasses.replace(
+        config, conditioning="class", num_classes=num_classes, modulation="per_segment"
+    )
 
 
 # The DiT paper's sizes (width, depth, heads); each comes with spatial patches 2, 4 and 8
