@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from soraj.models.dit import DIT_PRESETS, DiT, DiTConfig
+from soraj.models.dit import DIT_PRESETS, MODULATIONS, DiT, DiTConfig
 from soraj.models.patching import patch_coords
 
 CONFIG = DiTConfig(width=32, depth=2, num_heads=2, latent_channels=2, text_width=12)
@@ -100,10 +100,24 @@ def test_output_is_exactly_zero_at_init_and_nonzero_after_perturbing():
     assert np.all(np.abs(np.asarray(out)[batch[3] > 0]).max(-1) > 1e-3)
 
 
-def test_packing_invariance_and_padding_isolation():
+def _one_t_per_sample(batch):
+    """The batch with every real token's t replaced by its sample's first t."""
+    x, t, coords, seg, *rest = (np.array(part) for part in batch)
+    for b in range(seg.shape[0]):
+        for segment in np.unique(seg[b][seg[b] > 0]):
+            tokens = seg[b] == segment
+            t[b][tokens] = t[b][tokens][0]
+    return (x, t, coords, seg, *rest)
+
+
+@pytest.mark.parametrize("modulation", MODULATIONS)
+def test_packing_invariance_and_padding_isolation(modulation):
     rows, starts = _three_rows(3)
     batch = _batch(rows)
-    model, _, apply = _jitted(CONFIG)
+    config = dataclasses.replace(CONFIG, modulation=modulation)
+    if modulation == "per_segment":
+        batch = _one_t_per_sample(batch)
+    model, _, apply = _jitted(config)
     params = _perturbed_params(model, batch)
     out = np.asarray(apply(params, *batch))
 
@@ -116,10 +130,19 @@ def test_packing_invariance_and_padding_isolation():
 
     # New garbage in every padding slot (x_t, t, coords, spare text) changes no real token.
     garbage = [np.array(part) for part in _batch(_three_rows(3 + 100)[0])]
+    real = batch[3] > 0
+    garbage[1][real] = batch[1][real]  # the real tokens' t as in `batch`
     garbage[0][0, N_A:] = np.inf  # even non-finite padding must stay out
     out_garbage = np.asarray(apply(params, *garbage))
-    real = batch[3] > 0
     np.testing.assert_allclose(out_garbage[real], out[real], atol=1e-6, rtol=1e-6)
+
+
+def test_per_segment_modulation_refuses_two_timesteps_in_one_sample():
+    batch = _batch(_three_rows(3)[0])
+    model = DiT(dataclasses.replace(CONFIG, modulation="per_segment"))
+    with pytest.raises(ValueError, match="one t per sample, but segment 1 of row 0"):
+        model.init(jax.random.key(0), *batch)
+    model.init(jax.random.key(0), *_one_t_per_sample(batch))
 
 
 def test_text_conditions_its_own_segment_only():

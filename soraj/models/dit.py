@@ -252,6 +252,24 @@ class DiT(nn.Module):
                 )
         if labels is not None:
             self._check_labels(labels)
+        if cfg.modulation == "per_segment":
+            self._check_one_t_per_segment(t, segment_ids)
+
+    @staticmethod
+    def _check_one_t_per_segment(t, segment_ids):
+        # Only concrete inputs can be checked; under jit each sample's mean t is used.
+        if isinstance(t, jax.core.Tracer) or isinstance(segment_ids, jax.core.Tracer):
+            return
+        t, segment_ids = np.asarray(t), np.asarray(segment_ids)
+        for b in range(segment_ids.shape[0]):
+            for segment in np.unique(segment_ids[b][segment_ids[b] > 0]):
+                values = t[b][segment_ids[b] == segment]
+                if values.min() != values.max():
+                    raise ValueError(
+                        f"modulation='per_segment' takes one t per sample, but segment {segment} "
+                        f"of row {b} has t from {values.min():.4g} to {values.max():.4g}; "
+                        "per-token timesteps need modulation='single' or 'per_token'"
+                    )
 
     def _check_labels(self, labels):
         num_classes = self.config.num_classes
