@@ -13,14 +13,14 @@ import numpy as np
 
 from soraj import checkpoint
 from soraj.data.video_io import write_gif, write_mp4
-from soraj.diffusion.sampling import cfg_velocity_batched, euler_sample
-from soraj.diffusion.timesteps import check_static_count
-from soraj.generate_class import class_labels, sample_class_tokens
-from soraj.generate_packed import check_rows, sample_many_tokens
+from soraj.diffusion.timesteps import TimeShift, check_static_count
+from soraj.generate_class import class_labels
+from soraj.generate_packed import check_rows, request_noise, sample_many_tokens
 from soraj.models import patching
-from soraj.models.conditioning import TextConfig, init_text_params, segment_inputs, text_states
+from soraj.models.conditioning import TextConfig, init_text_params, segment_inputs
 from soraj.models.dit import DiT, DiTConfig
 from soraj.models.latent_codec import LatentCodec
+from soraj.sample_rows import sample_rows
 
 # ---- Locating checkpoints -------------------------------------------------------------------
 
@@ -83,36 +83,44 @@ class BundleGeometry:
 # ---- The generator --------------------------------------------------------------------------
 
 
-@functools.partial(jax.jit, static_argnames=("dit", "text_config", "grid", "num_steps"))
-def sample_tokens(
-    params,
-    text,
-    text_mask,
-    null_text,
-    null_mask,
-    rng,
-    guidance,
-    *,
-    dit: DiT,
-    text_config: TextConfig,
-    grid: tuple[int, int, int],
-    num_steps: int,
-):
-    """Noise → clean latent tokens (B, N, P) for rows of one sample each, with batched CFG.
-    text/null_text are batch inputs (segment_inputs); params holds "dit" (and "text")."""
-    batch = text.shape[0]
-    num_tokens = grid[0] * grid[1] * grid[2]
-    coords = jnp.broadcast_to(patching.patch_coords(grid), (2 * batch, num_tokens, 3))
-    segment_ids = jnp.ones((2 * batch, num_tokens), jnp.int32)
-    text_both = jnp.concatenate([text, jnp.broadcast_to(null_text, text.shape)])
-    mask_both = jnp.concatenate([text_mask, jnp.broadcast_to(null_mask, text_mask.shape)])
-    states, mask_both = text_states(text_config, params.get("text"), text_both, mask_both)
+def single_request_rows(noise, grid, shift: float, conditioning: dict) -> dict:
+    """sample_rows inputs for B requests of one patch grid, one request per row (no padding):
+    noise (B, N, P); conditioning holds text (B, 1, M, E), text_mask, null_text (M, E) and
+    null_mask (M,), or labels (B, 1)."""
+    batch, num_tokens = noise.shape[:2]
+    return {
+        "noise": noise,
+        "coords": jnp.broadcast_to(patching.patch_coords(grid), (batch, num_tokens, 3)),
+        "segment_ids": jnp.ones((batch, num_tokens), jnp.int32),
+        "shift": jnp.full((batch, num_tokens), shift, jnp.float32),
+        **{k: jnp.asarray(v) for k, v in conditioning.items()},
+    }
 
-    def both(x_t, t):  # rows [0, B) conditioned, [B, 2B) on the null text
-        return dit.apply({"params": params["dit"]}, x_t, t, coords, segment_ids, states, mask_both)
 
-    noise = jax.random.normal(rng, (batch, num_tokens, dit.config.patch_features))
-    return euler_sample(cfg_velocity_batched(both, guidance), noise, num_steps)
+class TimedSampler:
+    """sample_rows compiled ahead of time once per input shape, so a call reports its
+    compile time apart from its sampling time (`timings`)."""
+
+    def __init__(self):
+        self.compiled, self.timings = {}, {}
+
+    def __call__(self, params, rows, guidance, *, dit, text_config, num_steps, window=None):
+        static = dict(dit=dit, text_config=text_config, num_steps=num_steps, window=window)
+        shapes = tuple((k, v.shape, str(v.dtype)) for k, v in sorted(rows.items()))
+        key = (shapes, num_steps, window, id(dit))
+        started = time.perf_counter()
+        if key not in self.compiled:
+            lowered = sample_rows.lower(params, rows, guidance, **static)
+            self.compiled[key] = lowered.compile()
+        compiled_at = time.perf_counter()
+        tokens = jax.block_until_ready(self.compiled[key](params, rows, guidance))
+        sampled_at = time.perf_counter()
+        self.timings = {
+            "compile_seconds": compiled_at - started,
+            "sampling_seconds": sampled_at - compiled_at,
+            "seconds_per_step": (sampled_at - compiled_at) / num_steps,
+        }
+        return tokens
 
 
 @dataclasses.dataclass
@@ -123,6 +131,9 @@ class Generator:
     text_config: TextConfig
     text_encoder: object  # the host side of the text encoder (None for a class-label model)
     class_names: tuple = ()  # a class-conditional model's labels, in label order
+    # How training shifted t; exports from before it was stored were all trained unshifted.
+    time_shift: TimeShift = TimeShift()
+    sampler: TimedSampler = dataclasses.field(default_factory=TimedSampler)
 
     @classmethod
     def load(cls, directory: str | Path) -> "Generator":
@@ -133,9 +144,11 @@ class Generator:
         text_config = TextConfig(**stored["text"])
         abstract = jax.eval_shape(lambda: init_params(dit, text_config, jax.random.key(0)))
         params, _ = checkpoint.load_export(bundle / "dit", abstract)
+        time_shift = TimeShift(**stored.get("time_shift", {}))
         if dit.config.conditioning == "class":
-            return cls(codec, dit, params, text_config, None, tuple(stored["classes"]))
-        return cls(codec, dit, params, text_config, text_config.host_encoder())
+            classes = tuple(stored["classes"])
+            return cls(codec, dit, params, text_config, None, classes, time_shift)
+        return cls(codec, dit, params, text_config, text_config.host_encoder(), (), time_shift)
 
     def __call__(self, prompts, frames, height, width, seed=0, steps=30, guidance=4.0):
         """uint8 videos (B, frames, height, width, 3), one per prompt (a class-conditional
@@ -143,31 +156,26 @@ class Generator:
         latent = self.codec.latent_shape(frames, height, width)  # (T', H', W', C)
         grid = patching.grid_shape(latent[:3], self.dit.config.patch_size)
         if self.dit.config.conditioning == "class":
-            tokens = sample_class_tokens(
-                self.params,
-                class_labels(self.class_names, prompts),
-                jax.random.key(seed),
-                jnp.float32(guidance),
-                dit=self.dit,
-                grid=grid,
-                num_steps=steps,
-            )
+            conditioning = {"labels": class_labels(self.class_names, prompts)}  # (B, 1)
         else:
             text, text_mask = segment_inputs(self.text_encoder, prompts)
             null_text, null_mask = segment_inputs(self.text_encoder, [""])
-            tokens = sample_tokens(
-                self.params,
-                text,
-                text_mask,
-                null_text,
-                null_mask,
-                jax.random.key(seed),
-                jnp.float32(guidance),
-                dit=self.dit,
-                text_config=self.text_config,
-                grid=grid,
-                num_steps=steps,
+            conditioning = dict(
+                text=text, text_mask=text_mask, null_text=null_text[0, 0], null_mask=null_mask[0, 0]
             )
+        num_tokens = int(np.prod(grid))
+        noise = request_noise(seed, len(prompts), num_tokens, self.dit.config.patch_features)
+        rows = single_request_rows(
+            noise, grid, self.time_shift.for_tokens(num_tokens), conditioning
+        )
+        tokens = self.sampler(
+            self.params,
+            rows,
+            jnp.float32(guidance),
+            dit=self.dit,
+            text_config=self.text_config,
+            num_steps=steps,
+        )
         unpatch = functools.partial(
             patching.unpatchify,
             grid=grid,
@@ -226,6 +234,7 @@ class Generator:
             self.dit,
             self.params,
             self.text_config,
+            self.time_shift,
             text[:, 0],
             text_mask[:, 0],
             null_text[0, 0],
@@ -301,5 +310,6 @@ def generate_to_files(
     video = generator([prompt], frames, height, width, seed, steps, guidance)[0]
     seconds = time.perf_counter() - start
     name = f"{slug(prompt)}_seed{seed}"
-    paths = write_video_files(out_dir, name, video, {**settings, "seconds": seconds})
+    timings = {"seconds": seconds, **generator.sampler.timings}
+    paths = write_video_files(out_dir, name, video, {**settings, **timings})
     return video, paths, seconds

@@ -18,7 +18,7 @@ from jax.experimental import multihost_utils
 from soraj import checkpoint, distributed, fault_tolerance, optim, sharding
 from soraj.data.data_shards import all_shard_states
 from soraj.diffusion.objective import flow_matching_loss
-from soraj.diffusion.timesteps import per_segment_timesteps
+from soraj.diffusion.timesteps import TimeShift, per_segment_timesteps
 from soraj.dit_data import host_batch_metrics, training_data
 from soraj.generate import Generator, init_params, write_video_files
 from soraj.metric_writer import MetricWriter
@@ -121,6 +121,8 @@ def export(
         "text": dataclasses.asdict(text),
         "trained_on": json.loads(config.data.to_json_best_effort()),
         "sample": json.loads(config.sample.to_json_best_effort()),
+        # Sampling shifts its time grid as training shifted t (Generator.time_shift).
+        "time_shift": dataclasses.asdict(TimeShift.from_config(config.diffusion)),
         "step": int(step),
         "code_version": checkpoint.code_version(),
     }

@@ -36,6 +36,7 @@ def tiny_dit_config(total_steps, vae_dir):
     config.total_steps = total_steps
     config.log_every = config.save_every = config.sample_every = 1
     config.sample.steps = 2
+    config.diffusion.shift = 3.0  # the export must carry it to the sampler
     return config
 
 
@@ -104,6 +105,9 @@ def test_train_restart_and_generate(tmp_path):
     }
     assert {k: settings[k] for k in expected} == expected
     assert settings["seconds"] > 0
+    assert settings["compile_seconds"] > 0 and settings["seconds_per_step"] > 0
+    stored = json.loads((dit_dir / "export" / "dit" / "config.json").read_text())
+    assert stored["time_shift"]["shift"] == 3.0 and not stored["time_shift"]["shift_by_tokens"]
     video, _ = read_video(settings["files"]["mp4"])
     assert video.shape[0] == 5
     assert next(out.glob("*.gif")).stat().st_size > 0

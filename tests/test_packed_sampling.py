@@ -10,13 +10,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from soraj.generate import Generator, sample_tokens
-from soraj.generate_packed import sample_many_tokens
+from soraj.diffusion.timesteps import TimeShift, shift_timesteps
+from soraj.generate import Generator, single_request_rows
+from soraj.generate_packed import request_noise, sample_many_tokens
 from soraj.models import patching
 from soraj.models.conditioning import TextConfig
 from soraj.models.dit import DIT_PRESETS, DiT
 from soraj.models.latent_codec import LatentCodec
 from soraj.models.vae import VAE_PRESETS
+from soraj.sample_rows import sample_rows
 
 CONFIG = dataclasses.replace(DIT_PRESETS["tiny"], depth=2)  # patch (1, 2, 2)
 TEXT_CONFIG = TextConfig("minilm")  # states pass through unchanged: no encoder weights needed
@@ -64,10 +66,12 @@ def _texts():
 def test_each_packed_sample_equals_the_same_sample_alone(row_length, max_segments):
     text, text_mask, null_text, null_mask = _texts()
     dit, params = DiT(CONFIG), _random_params()
+    time_shift = TimeShift(shift_by_tokens=True, base_tokens=4, max_tokens=12, max_shift=2.0)
     packed = sample_many_tokens(
         dit,
         params,
         TEXT_CONFIG,
+        time_shift,
         text,
         text_mask,
         null_text,
@@ -81,17 +85,21 @@ def test_each_packed_sample_equals_the_same_sample_alone(row_length, max_segment
     )
     worst = 0.0
     for i, (grid, seed) in enumerate(zip(GRIDS, SEEDS, strict=True)):
-        alone = sample_tokens(
+        num_tokens = int(np.prod(grid))
+        conditioning = dict(
+            text=text[i][None, None],
+            text_mask=text_mask[i][None, None],
+            null_text=null_text,
+            null_mask=null_mask,
+        )
+        noise = request_noise(seed, 1, num_tokens, CONFIG.patch_features)
+        rows = single_request_rows(noise, grid, time_shift.for_tokens(num_tokens), conditioning)
+        alone = sample_rows(
             params,
-            text[i][None, None],
-            text_mask[i][None, None],
-            null_text[None, None],
-            null_mask[None, None],
-            jax.random.key(seed),
+            rows,
             jnp.float32(GUIDANCE),
             dit=dit,
             text_config=TEXT_CONFIG,
-            grid=grid,
             num_steps=STEPS,
         )[0]  # (N, P)
         assert packed[i].shape == alone.shape == (int(np.prod(grid)), CONFIG.patch_features)
@@ -178,3 +186,48 @@ def test_generate_many_equals_one_call_per_prompt():
         alone = generator([prompt], *shapes[i], seed=SEEDS[i], steps=STEPS, guidance=GUIDANCE)[0]
         assert videos[i].shape == alone.shape == (*LATENT_SHAPES[i], CONFIG.latent_channels)
         np.testing.assert_allclose(videos[i], alone, rtol=0, atol=1e-5)
+
+
+def test_generator_samples_on_the_time_grid_training_shifted():
+    """A model trained with shift s samples on the grid shifted by s: the Generator's output
+    equals a plain Euler loop over shift_timesteps(·, s), written out here, and not the
+    unshifted one."""
+    prompts, shape, seed = ["wide"], (1, 8, 32), 5
+    grid = GRIDS[0]
+    dit, params = DiT(CONFIG), _random_params()
+    text, text_mask, null_text, null_mask = _texts()
+    coords = jnp.broadcast_to(patching.patch_coords(grid), (2, int(np.prod(grid)), 3))
+    segment_ids = jnp.ones(coords.shape[:2], jnp.int32)
+    both_text = jnp.stack([text[0], null_text])[:, None]  # (2, 1, M, E)
+    both_mask = jnp.stack([text_mask[0], null_mask])[:, None]
+
+    def guided_velocity(x, t):
+        x2, t2 = jnp.concatenate([x, x]), jnp.full((2, x.shape[1]), t)
+        v = dit.apply({"params": params["dit"]}, x2, t2, coords, segment_ids, both_text, both_mask)
+        return v[1:] + GUIDANCE * (v[:1] - v[1:])
+
+    def by_hand(shift):
+        x = request_noise(seed, 1, int(np.prod(grid)), CONFIG.patch_features)
+        times = shift_timesteps(jnp.linspace(1.0, 0.0, STEPS + 1), shift)
+        for k in range(STEPS):
+            x = x + (times[k + 1] - times[k]) * guided_velocity(x, times[k])
+        return np.asarray(x[0])
+
+    for shift in (3.0, 1.0):
+        generator = Generator(
+            _LatentsOut(),
+            dit,
+            params,
+            TEXT_CONFIG,
+            _TableEncoder(prompts),
+            time_shift=TimeShift(shift=shift),
+        )
+        video = generator(prompts, *shape, seed=seed, steps=STEPS, guidance=GUIDANCE)[0]
+        tokens = patching.patchify(jnp.asarray(video), CONFIG.patch_size)[0]
+        np.testing.assert_allclose(tokens, by_hand(shift), rtol=0, atol=1e-5)
+    assert np.abs(by_hand(3.0) - by_hand(1.0)).max() > 1e-2  # the shift matters here
+    assert set(generator.sampler.timings) == {
+        "compile_seconds",
+        "sampling_seconds",
+        "seconds_per_step",
+    }

@@ -3,7 +3,7 @@
 import jax
 import jax.numpy as jnp
 
-from soraj.diffusion.timesteps import check_static_count, sampling_schedule
+from soraj.diffusion.timesteps import check_static_count, shift_timesteps
 
 # A velocity_fn maps (x_t (B, L, P), t (B, L)) -> v (B, L, P), v ≈ ε - x0 (DESIGN.md §2).
 
@@ -16,6 +16,8 @@ def euler_sample(velocity_fn, noise, num_steps, shift=1.0, cond_x0=None, cond_ma
     `sampling_schedule(num_steps, shift)`. Rectified-flow paths are nearly straight, so
     few steps go a long way; for the exact velocity of one x0 a single step is exact.
 
+    `shift` is a number, or f32 (B, L): each token's own shift, so packed samples of
+    different sizes each follow the grid their training t was shifted with.
     Tokens in `cond_mask` (bool (B, L)) are held at `cond_x0` (B, L, P) and shown to the
     model with t = 0 at every step: the per-token t that image-to-video, extension and
     loops rely on. The loop is one `lax.fori_loop`, so velocity_fn is traced once whatever
@@ -34,16 +36,19 @@ def euler_sample(velocity_fn, noise, num_steps, shift=1.0, cond_x0=None, cond_ma
             f"cond_x0 must have shape {noise.shape} and cond_mask {noise.shape[:2]}, "
             f"got {cond_x0.shape} and {cond_mask.shape}."
         )
+    if jnp.ndim(shift) not in (0, 2) or (jnp.ndim(shift) == 2 and shift.shape != cond_mask.shape):
+        raise ValueError(f"shift must be a number or (B, L) {cond_mask.shape}, got {shift!r}")
 
-    times = sampling_schedule(num_steps, shift)  # (num_steps + 1,)
+    grid = jnp.linspace(1.0, 0.0, num_steps + 1)  # (num_steps + 1,) before the shift
+    shift = jnp.broadcast_to(jnp.asarray(shift, jnp.float32), cond_mask.shape)  # (B, L)
     hold = cond_mask[..., None]  # (B, L, 1)
     x_start = jnp.where(hold, cond_x0.astype(noise.dtype), noise)  # (B, L, P)
 
     def euler_step(step, x):
-        t_now, t_next = times[step], times[step + 1]
-        t_tokens = jnp.where(cond_mask, 0.0, t_now)  # (B, L)
-        velocity = velocity_fn(x, t_tokens).astype(x.dtype)  # (B, L, P)
-        x = x + (t_next - t_now).astype(x.dtype) * velocity  # (B, L, P)
+        t_now = shift_timesteps(grid[step], shift)  # (B, L)
+        t_next = shift_timesteps(grid[step + 1], shift)  # (B, L)
+        velocity = velocity_fn(x, jnp.where(cond_mask, 0.0, t_now)).astype(x.dtype)  # (B, L, P)
+        x = x + (t_next - t_now)[..., None].astype(x.dtype) * velocity  # (B, L, P)
         # Re-clamp every step: whatever the model says about given tokens is discarded.
         return jnp.where(hold, x_start, x)
 
@@ -85,27 +90,3 @@ def cfg_velocity_batched(fn_both, scale):
         return v_uncond + scale * (v_cond - v_uncond)
 
     return velocity_fn
-
-
-# ---- Packed rows ----
-
-
-def sample_packed(fn_both, noise, segment_ids, scale, num_steps, shift=1.0):
-    """Euler with batched guidance over packed rows (DESIGN.md §4): several samples of any
-    shapes share rows of L tokens, told apart by segment_ids (B, L), 0 marking padding.
-
-    `fn_both` is as for `cfg_velocity_batched`. Padding is held at zero with t = 0 (the
-    cond_mask path of `euler_sample`), so it stays inert however many steps run; the model
-    keeps it from touching real tokens, which therefore follow the same path as alone.
-    Returns x0 (B, L, P), zero at padding.
-    """
-    if segment_ids.shape != noise.shape[:2]:
-        raise ValueError(
-            f"segment_ids must have shape {noise.shape[:2]} (B, L of noise), "
-            f"got {segment_ids.shape}."
-        )
-    padding = segment_ids == 0  # (B, L)
-    velocity_fn = cfg_velocity_batched(fn_both, scale)
-    return euler_sample(
-        velocity_fn, noise, num_steps, shift, cond_x0=jnp.zeros_like(noise), cond_mask=padding
-    )

@@ -1,5 +1,6 @@
 """Rectified-flow timesteps: logit-normal draws, resolution shifts, per-segment t, schedules."""
 
+import dataclasses
 import numbers
 
 import jax
@@ -136,6 +137,41 @@ def per_segment_timesteps(
     if cond_mask is not None:
         t = jnp.where(cond_mask, 0.0, t)  # (B, L)
     return t
+
+
+# ---- What training did, for sampling ----
+
+
+@dataclasses.dataclass(frozen=True)
+class TimeShift:
+    """How training shifted t (config.diffusion's shift fields), so sampling can shift its
+    grid the same way: by `resolution_shift` of each sample's token count, or by `shift`."""
+
+    shift_by_tokens: bool = False
+    shift: float = 1.0
+    base_tokens: int = 256
+    base_shift: float = 1.0
+    max_tokens: int = 4096
+    max_shift: float = 3.0
+
+    @classmethod
+    def from_config(cls, diffusion) -> "TimeShift":
+        """From a config.diffusion ConfigDict (or any mapping with these fields)."""
+        return cls(**{f.name: diffusion[f.name] for f in dataclasses.fields(cls)})
+
+    def for_tokens(self, num_tokens) -> float:
+        """The shift of a sample of num_tokens tokens (its conditioning tokens included)."""
+        if not self.shift_by_tokens:
+            return float(self.shift)
+        return float(
+            resolution_shift(
+                max(int(num_tokens), 1),
+                self.base_tokens,
+                self.base_shift,
+                self.max_tokens,
+                self.max_shift,
+            )
+        )
 
 
 # ---- Sampling grid ----

@@ -1,0 +1,73 @@
+"""The one sampler every generation path calls: packed rows of requests (DESIGN.md §4), one
+Euler solve with batched classifier-free guidance, each request on the time grid its training
+used. Text and class models, single prompts and packed sets of prompts all come here."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+
+from soraj.diffusion.sampling import cfg_velocity_batched, euler_sample
+from soraj.models.conditioning import TextConfig, text_states
+from soraj.models.dit import DiT
+
+
+def guided_conditioning(params, rows: dict, dit: DiT, text_config: TextConfig) -> dict:
+    """The DiT's conditioning inputs for the doubled batch: rows [0, B) as requested, rows
+    [B, 2B) unconditioned (the null text in every segment slot, or the null label)."""
+    if dit.config.conditioning == "class":
+        labels = rows["labels"]  # (B, S)
+        null = jnp.full_like(labels, dit.config.num_classes)
+        return {"labels": jnp.concatenate([labels, null])}  # (2B, S)
+    text, text_mask = rows["text"], rows["text_mask"]  # (B, S, M, E), (B, S, M)
+    text_both = jnp.concatenate([text, jnp.broadcast_to(rows["null_text"], text.shape)])
+    mask_both = jnp.concatenate([text_mask, jnp.broadcast_to(rows["null_mask"], text_mask.shape)])
+    states, mask_both = text_states(text_config, params.get("text"), text_both, mask_both)
+    # The text's projections and cross-attention keys and values depend on neither x_t nor
+    # t: XLA hoists them out of the Euler loop, so they run once per generation
+    # (tests/test_sample_rows.py checks the compiled loop).
+    return {"text": states, "text_mask": mask_both}
+
+
+@functools.partial(jax.jit, static_argnames=("dit", "text_config", "num_steps", "window"))
+def sample_rows(
+    params,
+    rows: dict,
+    guidance,
+    *,
+    dit: DiT,
+    text_config: TextConfig,
+    num_steps: int,
+    window: int | None = None,
+):
+    """Noise → clean latent tokens (B, L, P), zero at padding.
+
+    rows: noise f32 (B, L, P), coords i32 (B, L, 3), segment_ids i32 (B, L) (0: padding),
+    shift f32 (B, L) (each token's request's TimeShift), and for a text model text
+    (B, S, M, E), text_mask (B, S, M), null_text (M, E), null_mask (M); for a class model
+    labels i32 (B, S). params holds "dit" (and "text" for a trainable text encoder).
+    window: no request has more tokens than this (DiT's max_segment_tokens), or None.
+    """
+    conditioning = guided_conditioning(params, rows, dit, text_config)
+    coords = jnp.concatenate([rows["coords"], rows["coords"]])  # (2B, L, 3)
+    segment_ids = jnp.concatenate([rows["segment_ids"], rows["segment_ids"]])  # (2B, L)
+
+    def both(x_t, t):  # rows [0, B) conditioned, [B, 2B) unconditioned
+        return dit.apply(
+            {"params": params["dit"]},
+            x_t,
+            t,
+            coords,
+            segment_ids,
+            **conditioning,
+            max_segment_tokens=window,
+        )
+
+    noise = rows["noise"]
+    # Padding is held at zero with t = 0, so it stays inert however many steps run; the
+    # model keeps it from touching real tokens, which follow the same path as alone.
+    padding = rows["segment_ids"] == 0  # (B, L)
+    velocity_fn = cfg_velocity_batched(both, guidance)
+    return euler_sample(
+        velocity_fn, noise, num_steps, rows["shift"], jnp.zeros_like(noise), padding
+    )
