@@ -8,6 +8,7 @@ one layer kind (adaLN alone is about a third of a block) or the backward pass's 
 far outside that band.
 """
 
+import dataclasses
 import functools
 import sys
 from pathlib import Path
@@ -26,7 +27,14 @@ from soraj.models.dit import DiT, DiTConfig
 from soraj.train import train_step
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "experiments" / "bench"))
-from dit_flops import PackedShape, forward_flops, matmul, train_step_flops  # noqa: E402
+from dit_flops import (  # noqa: E402
+    PackedShape,
+    forward_flops,
+    matmul,
+    model_forward_flops,
+    model_train_step_flops,
+    train_step_flops,
+)
 
 # Elementwise work XLA counts on top of the matmuls, at this test's sizes (width 128): measured
 # 2.1 % (forward) and 3.3 % (train step). Leaving out any one layer kind of the hand count (the
@@ -58,8 +66,8 @@ def packed_inputs(rows: int, length: int, segment_tokens: int, segments: int) ->
     }
 
 
-def xla_forward_flops(batch: dict, window) -> float:
-    dit = DiT(DIT)
+def xla_forward_flops(batch: dict, window, config: DiTConfig = DIT) -> float:
+    dit = DiT(config)
     params = nn.unbox(init_params(dit, TEXT, jax.random.key(0))["dit"])
 
     def forward(params, batch):
@@ -94,7 +102,8 @@ def xla_train_step_flops(batch: dict, window: int) -> float:
 def shape_of(batch: dict, window) -> PackedShape:
     rows, length = batch["segment_ids"].shape
     segments, m, e = batch["text"].shape[1:]
-    return PackedShape(rows, length, segments, m, e, window)
+    segment_tokens = int((batch["segment_ids"][0] == 1).sum())
+    return PackedShape(rows, length, segments, m, e, window, segment_tokens)
 
 
 def within_band(xla: float, hand: int) -> bool:
@@ -116,6 +125,33 @@ def test_forward_count_matches_xla(window):
     hand = sum(forward_flops(DIT, shape_of(batch, window)).values())
     xla = xla_forward_flops(batch, window)
     assert within_band(xla, hand), (xla, hand, xla / hand)
+
+
+@pytest.mark.parametrize("modulation", ["per_token", "per_segment"])
+def test_forward_count_of_each_modulation_matches_xla(modulation):
+    batch = packed_inputs(rows=2, length=150, segment_tokens=30, segments=4)
+    config = dataclasses.replace(DIT, modulation=modulation)
+    hand = sum(forward_flops(config, shape_of(batch, None)).values())
+    xla = xla_forward_flops(batch, None, config)
+    assert within_band(xla, hand), (xla, hand, xla / hand)
+
+
+def test_model_count_is_the_executed_count_where_nothing_is_wasted():
+    """One sample filling each row, per-sample adaLN: every executed product is model work, so
+    the two counts agree exactly; padding, row-mates and per-token adaLN only add to the
+    executed count."""
+    config = dataclasses.replace(DIT, modulation="per_segment")
+    full = shape_of(packed_inputs(rows=2, length=120, segment_tokens=120, segments=1), None)
+    assert model_forward_flops(config, full) == forward_flops(config, full)
+    packed = shape_of(packed_inputs(rows=2, length=150, segment_tokens=30, segments=4), None)
+    wasteful = dataclasses.replace(config, modulation="per_token")
+    model = sum(model_forward_flops(wasteful, packed).values())
+    assert model == sum(model_forward_flops(config, packed).values())  # design-independent
+    assert model < sum(forward_flops(config, packed).values())
+    # Self-attention model work: 4 segments of 30 × 30 pairs, not 150 × 150.
+    scores = model_forward_flops(config, packed)["self_attention_scores_values"]
+    assert scores == DIT.depth * 2 * 2 * 4 * matmul(30, DIT.width, 30)
+    assert model_train_step_flops(config, packed) == 3 * model
 
 
 def test_train_step_count_matches_xla():

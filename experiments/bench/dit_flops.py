@@ -1,9 +1,18 @@
-"""Hand count of the DiT's matmul FLOPs on a packed batch, forward and train step.
+"""Hand counts of the DiT's matmul FLOPs on a packed batch: what the code executes, and the
+model FLOPs that MFU is reported in. A (m, k) @ (k, n) product costs 2·m·k·n.
 
-A check on XLA's cost analysis by a second derivation: every dense layer and attention product
-of soraj/models/dit.py, written out from the shapes. A (m, k) @ (k, n) product costs 2·m·k·n.
-Only matmuls are counted; norms, softmax, RoPE, activations and the optimizer's elementwise
-work are left out, which is why XLA's count (everything) comes out a few percent higher.
+- `forward_flops` / `train_step_flops`: every dense layer and attention product soraj's DiT
+  runs, padding, attention windows and per-token adaLN included. A check on XLA's cost
+  analysis by a second derivation (tests/test_dit_flops.py). Norms, softmax, RoPE,
+  activations and the optimizer's elementwise work are left out, which is why XLA's count
+  comes out a few percent higher.
+- `model_forward_flops` / `model_train_step_flops`: the standard count of useful work, as the
+  DiT paper and MFU reports count it. Every matmul of the embeddings, attention
+  projections, cross-attention, MLP and final layer over the real (non-padding) tokens;
+  attention scores and values over the (query, key) pairs the masks allow (a segment's own
+  tokens, its own caption's tokens); the timestep embedding and adaLN once per sample, as
+  the DiT paper's per-sample adaLN costs; three times the forward for a train step. It does
+  not grow when the code does useless work.
 """
 
 import dataclasses
@@ -24,6 +33,12 @@ class PackedShape:
     text_tokens: int  # M
     text_width: int  # E
     window: int | None = None  # max_segment_tokens W (train_step passes config.data.token_budget)
+    # Real tokens of each of the S segments of a row (the rest is padding); None: L // S.
+    segment_tokens: int | None = None
+
+    @property
+    def tokens_per_segment(self) -> int:
+        return self.segment_tokens or self.row_length // self.segments
 
 
 def matmul(m: int, k: int, n: int) -> int:
@@ -64,8 +79,10 @@ def forward_flops(config: DiTConfig, shape: PackedShape) -> dict[str, int]:
     hidden = int(D * config.mlp_ratio)
     tokens, text_tokens = B * L, B * S * M
     queries, keys = self_attention_queries(shape), attended_keys(shape)
+    # Rows each block's own adaLN Dense runs over (adaLN-single runs one shared Dense instead).
+    modulated = {"per_token": tokens, "per_segment": B * S, "single": 0}[config.modulation]
     per_block = {
-        "adaln": matmul(tokens, D, 6 * D),  # shift/scale/gate ×2 for every token
+        "adaln": matmul(modulated, D, 6 * D),  # shift/scale/gate ×2 (adaLN-single: below)
         "self_attention_projections": 4 * matmul(tokens, D, D),  # q, k, v, out
         # Scores q·k and the weighted sum of values: each (queries × keys × D) over the heads.
         "self_attention_scores_values": 2 * B * matmul(queries, D, keys),
@@ -76,10 +93,45 @@ def forward_flops(config: DiTConfig, shape: PackedShape) -> dict[str, int]:
     }
     flops = {name: depth * count for name, count in per_block.items()}
     flops["patch_embed"] = matmul(tokens, P, D)
-    flops["timestep_embed"] = matmul(tokens, F, D) + matmul(tokens, D, D)
+    embedded = B * S if config.modulation == "per_segment" else tokens  # timesteps embedded
+    flops["timestep_embed"] = matmul(embedded, F, D) + matmul(embedded, D, D)
     flops["text_embed"] = matmul(text_tokens, E, D) + matmul(B * S, D, D)  # proj, pooled proj
-    flops["final_layer"] = matmul(tokens, D, 2 * D) + matmul(tokens, D, P)
+    flops["final_layer"] = matmul(modulated, D, 2 * D) + matmul(tokens, D, P)
+    if config.modulation == "single":
+        flops["adaln"] += matmul(tokens, D, 6 * D)  # once per token, shared by every block
     return flops
+
+
+def model_forward_flops(config: DiTConfig, shape: PackedShape) -> dict[str, int]:
+    """The standard count of one forward pass's useful matmul FLOPs, by layer kind."""
+    if config.conditioning != "text":
+        raise ValueError(f"the count covers conditioning='text', got {config.conditioning!r}")
+    B, S, M, E = shape.rows, shape.segments, shape.text_tokens, shape.text_width
+    n = shape.tokens_per_segment
+    D, P, F, depth = config.width, config.patch_features, TIMESTEP_FREQUENCIES, config.depth
+    hidden = int(D * config.mlp_ratio)
+    samples = B * S
+    tokens, text_tokens = samples * n, samples * M  # real ones only
+    per_block = {
+        "adaln": matmul(samples, D, 6 * D),  # per sample
+        "self_attention_projections": 4 * matmul(tokens, D, D),
+        # q·k and the weighted sum of v over each segment's own n × n pairs.
+        "self_attention_scores_values": 2 * samples * matmul(n, D, n),
+        "cross_attention_projections": 2 * matmul(tokens, D, D) + 2 * matmul(text_tokens, D, D),
+        "cross_attention_scores_values": 2 * samples * matmul(n, D, M),  # its own caption
+        "mlp": matmul(tokens, D, hidden) + matmul(tokens, hidden, D),
+    }
+    flops = {name: depth * count for name, count in per_block.items()}
+    flops["patch_embed"] = matmul(tokens, P, D)
+    flops["timestep_embed"] = matmul(samples, F, D) + matmul(samples, D, D)
+    flops["text_embed"] = matmul(text_tokens, E, D) + matmul(samples, D, D)
+    flops["final_layer"] = matmul(samples, D, 2 * D) + matmul(tokens, D, P)
+    return flops
+
+
+def model_train_step_flops(config: DiTConfig, shape: PackedShape) -> int:
+    """The standard count of a train step: three times the forward pass's model FLOPs."""
+    return 3 * sum(model_forward_flops(config, shape).values())
 
 
 def input_side_flops(config: DiTConfig, shape: PackedShape) -> int:
