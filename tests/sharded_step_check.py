@@ -145,8 +145,9 @@ def check_named_dit_specs(state):
             state.params["dit"]["patch_embed"]["kernel"],
             P(None, "fsdp"),
         ),
-        "adaLN (embed, modulation)": (block["adaLN"]["kernel"], P("fsdp")),
-        "a bias": (block["adaLN"]["bias"], P()),
+        "adaLN (embed, modulation)": (state.params["dit"]["adaLN"]["kernel"], P("fsdp")),
+        "a bias": (state.params["dit"]["adaLN"]["bias"], P()),
+        "adaLN table (modulation_part, embed)": (block["modulation_table"], P(None, "fsdp")),
         "step": (state.step, P()),
         "rng": (state.rng, P()),
     }
