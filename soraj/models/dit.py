@@ -107,7 +107,7 @@ class MultiHeadAttention(nn.Module):
 def block_modulation(module: nn.Module, mode: str, c, parts: int, dtype):
     """The `parts` adaLN vectors (shift, scale, gate, ...) of one block, each (B, L, D).
 
-    `c` is what `DiT.modulation_inputs` made for this mode:
+    `c` is what DiT.__call__ prepared for this mode:
       single       (B, L, parts·D): the shared per-token modulation; this block adds its table.
       per_segment  ((B, S, D), segment index (B, L)): this block's Dense on each sample's c,
                    then every token takes its sample's row.
