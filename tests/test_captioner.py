@@ -144,3 +144,6 @@ def test_shipped_captioner_describes_held_out_pairs():
     scores = caption_accuracy(captions, [parse_dense_caption(c["caption"]) for c in clips])
     assert scores["parsed"] >= 0.9 and scores["background"] >= 0.9, scores
     assert scores["colour"] >= 0.8 and scores["shape"] >= 0.8, scores
+    # The goal is 0.9 exact match on held-out pairs (measured on 300 clips by
+    # experiments/captioner/evaluate.py); 32 clips leave room for sampling noise.
+    assert scores["exact"] >= 0.75, scores

@@ -7,7 +7,7 @@ clip's objects. Held-out clips hold a colour-shape pair training never showed; t
 distribution clips come from another seed than the training clips.
 
   .venv/bin/python experiments/captioner/evaluate.py \
-      --checkpoint experiments/shapes/checkpoint/captioner --clips 500 \
+      --checkpoint experiments/shapes/checkpoint/captioner --clips 1000 \
       --out experiments/captioner/results/accuracy.json
 """
 
