@@ -104,7 +104,7 @@ class MultiHeadAttention(nn.Module):
 #################### adaLN modulation ####################
 
 
-def block_modulation(module: nn.Module, mode: str, c, parts: int, dtype):
+def block_modulation(module: nn.Module, mode: str, c, parts: int, dtype, table_init=None):
     """The `parts` adaLN vectors (shift, scale, gate, ...) of one block, each (B, L, D).
 
     `c` is what DiT.__call__ prepared for this mode:
@@ -112,13 +112,14 @@ def block_modulation(module: nn.Module, mode: str, c, parts: int, dtype):
       per_segment  ((B, S, D), segment index (B, L)): this block's Dense on each sample's c,
                    then every token takes its sample's row.
       per_token    (B, L, D): this block's Dense on every token's c.
-    Everything starts at zero (adaLN-Zero): each gate is 0, so each block starts as identity.
+    A block's modulation starts at zero (adaLN-Zero): each gate is 0, so each block starts as
+    the identity. `table_init` overrides the zero start of an adaLN-single table.
     """
     if mode == "single":
         D = c.shape[-1] // parts
         table = module.param(
             "modulation_table",
-            dense_init(("modulation_part", "embed"), nn.initializers.zeros_init()),
+            dense_init(("modulation_part", "embed"), table_init or nn.initializers.zeros_init()),
             (parts, D),
             jnp.float32,
         )
@@ -185,7 +186,9 @@ class FinalLayer(nn.Module):
     """adaLN (shift, scale) then D -> P; zero-initialised so the DiT starts at v = 0.
 
     With adaLN-single the shift and scale are c itself plus a learned table (PixArt-α), so
-    the final layer costs no modulation matmul either."""
+    the final layer costs no modulation matmul either. The table starts random, as PixArt-α's
+    does: its gradient flows only through the zero-initialised projection, so a zero start
+    would leave it at float round-off for the first warm-up steps."""
 
     config: DiTConfig
 
@@ -194,7 +197,8 @@ class FinalLayer(nn.Module):
         cfg = self.config
         dtype = jnp.dtype(cfg.dtype)
         if cfg.modulation == "single":
-            shift, scale = block_modulation(self, "single", jnp.tile(c, 2), 2, dtype)
+            table_init = nn.initializers.normal(cfg.width**-0.5)
+            shift, scale = block_modulation(self, "single", jnp.tile(c, 2), 2, dtype, table_init)
         else:
             shift, scale = block_modulation(self, cfg.modulation, c, 2, dtype)  # (B, L, D) each
         x = modulate(layer_norm(x), shift, scale)

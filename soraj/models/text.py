@@ -73,22 +73,29 @@ def check_dtype(dtype: Any) -> jnp.dtype:
 
 
 class MaskedSelfAttention(nn.Module):
-    """Multi-head self-attention in which padding keys get no weight."""
+    """Multi-head self-attention in which padding keys get no weight.
+
+    A key bias only adds q·b to every logit of a query, which softmax ignores: its gradient is
+    zero, and a trained one moves by round-off alone. BERT has one (its weights are loaded);
+    the byte encoder, trained from scratch, does not (key_bias=False)."""
 
     width: int
     num_heads: int
     dtype: Any = jnp.float32
+    key_bias: bool = True
 
     @nn.compact
     def __call__(self, x: jax.Array, mask: jax.Array) -> jax.Array:
         batch, length, _ = x.shape
         head_dim = self.width // self.num_heads
 
-        def project(name: str) -> jax.Array:
-            y = nn.Dense(self.width, dtype=self.dtype, param_dtype=jnp.float32, name=name)(x)
-            return y.reshape(batch, length, self.num_heads, head_dim)  # (N, M, heads, K)
+        def project(name: str, bias: bool = True) -> jax.Array:
+            dense = nn.Dense(
+                self.width, use_bias=bias, dtype=self.dtype, param_dtype=jnp.float32, name=name
+            )
+            return dense(x).reshape(batch, length, self.num_heads, head_dim)  # (N, M, heads, K)
 
-        q, k, v = project("query"), project("key"), project("value")
+        q, k, v = project("query"), project("key", self.key_bias), project("value")
         logits = jnp.einsum("bqhk,bshk->bhqs", q, k).astype(jnp.float32) / np.sqrt(head_dim)
         logits = jnp.where(mask[:, None, None, :], logits, MASKED_LOGIT)  # (N, heads, M, M)
         weights = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
@@ -333,7 +340,7 @@ class ByteEncoder(nn.Module):
         for i in range(self.depth):
             h = layer_norm(1e-6, f"layer_{i}_attention_norm")(x)
             x = x + MaskedSelfAttention(
-                self.width, self.num_heads, self.dtype, name=f"layer_{i}_attention"
+                self.width, self.num_heads, self.dtype, key_bias=False, name=f"layer_{i}_attention"
             )(h, mask).astype(self.dtype)
             h = layer_norm(1e-6, f"layer_{i}_mlp_norm")(x)
             h = nn.Dense(
