@@ -29,8 +29,10 @@ RESULTS = HERE / "results"
 WIDTH, DEPTH, HEADS, CLIPS, LATENT, TEXT_TOKENS, TEXT_WIDTH = 384, 6, 6, 2, (5, 16, 16), 32, 384
 
 
-def soraj_round(steps: int, warmup: int) -> dict:
-    """One timed round of soraj.train.train_step at the peer's size (run in a fresh process)."""
+def peer_size_step(**dit_changes):
+    """soraj.train.train_step jitted with donation at the peer's size, on a synthetic batch of
+    its two clips: (step, state, batch, rng). dit_changes are DiTConfig fields (modulation,
+    scan_blocks, remat, ...)."""
     import flax.linen as nn
     import jax
     import numpy as np
@@ -50,7 +52,12 @@ def soraj_round(steps: int, warmup: int) -> dict:
     text = TextConfig(max_tokens=TEXT_TOKENS)
     dit = DiT(
         DiTConfig(
-            width=WIDTH, depth=DEPTH, num_heads=HEADS, latent_channels=16, text_width=TEXT_WIDTH
+            width=WIDTH,
+            depth=DEPTH,
+            num_heads=HEADS,
+            latent_channels=16,
+            text_width=TEXT_WIDTH,
+            **dit_changes,
         )
     )
     optimizer = optim.make_optimizer(config.optim)
@@ -62,7 +69,15 @@ def soraj_round(steps: int, warmup: int) -> dict:
         functools.partial(train_step, dit=dit, text=text, optimizer=optimizer, config=config),
         donate_argnums=0,
     )
-    rng = jax.random.key(2)
+    return step, state, batch, jax.random.key(2)
+
+
+def soraj_round(steps: int, warmup: int) -> dict:
+    """One timed round of soraj.train.train_step at the peer's size (run in a fresh process)."""
+    import jax
+
+    step, state, batch, rng = peer_size_step()
+    tokens = int(batch["segment_ids"].size)
     times = []
     for i in range(warmup + steps):
         started = time.perf_counter()
@@ -73,9 +88,9 @@ def soraj_round(steps: int, warmup: int) -> dict:
     return {
         "side": "soraj",
         "params": int(sum(x.size for x in jax.tree.leaves(state.params))),
-        "tokens_per_step": CLIPS * tokens,
+        "tokens_per_step": tokens,
         "step_seconds": times,
-        "tokens_per_s": CLIPS * tokens / statistics.median(times),
+        "tokens_per_s": tokens / statistics.median(times),
     }
 
 

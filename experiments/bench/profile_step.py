@@ -14,7 +14,6 @@ it writes beside the trace (step.hlo) by name.
 
 import argparse
 import collections
-import functools
 import glob
 import gzip
 import json
@@ -23,20 +22,13 @@ import sys
 import time
 from pathlib import Path
 
-import flax.linen as nn
 import jax
 
-from soraj import optim
-from soraj.configs import t2v
-from soraj.generate import init_params
-from soraj.models.conditioning import TextConfig
-from soraj.models.dit import MODULATIONS, REMAT_CHOICES, DiT, DiTConfig
-from soraj.train import train_step
+from soraj.models.dit import MODULATIONS, REMAT_CHOICES
 
 sys.path.insert(0, str(Path(__file__).parent))
-from train_step import Setting, synthetic_batch  # noqa: E402
+from peer import peer_size_step  # noqa: E402
 
-GRID, CLIPS = (5, 8, 8), 2  # patches of one clip; clips a step (640 tokens)
 NOT_OPS = ("ThunkExecutor", "$", "PjitFunction", "SlinkyThreadPool")
 
 
@@ -55,32 +47,9 @@ def main():
     parser.add_argument("--top", type=int, default=20)
     parser.add_argument("--out", type=Path, default=Path("/tmp/soraj_profile"))
     args = parser.parse_args()
-    tokens = GRID[0] * GRID[1] * GRID[2]
-    config = t2v.get_config("tiny")
-    config.data.token_budget = tokens
-    text = TextConfig(max_tokens=32)
-    dit = DiT(
-        DiTConfig(
-            width=384,
-            depth=6,
-            num_heads=6,
-            latent_channels=16,
-            text_width=384,
-            modulation=args.modulation,
-            scan_blocks=args.scan,
-            remat=args.remat,
-        )
+    step, state, batch, rng = peer_size_step(
+        modulation=args.modulation, scan_blocks=args.scan, remat=args.remat
     )
-    optimizer = optim.make_optimizer(config.optim)
-    params = nn.unbox(init_params(dit, text, jax.random.key(0)))
-    state = optim.TrainState.create(params, optimizer, jax.random.key(1))
-    setting = Setting("profile", "tiny", "float32", CLIPS, tokens, GRID, latent_channels=16)
-    batch = jax.device_put(synthetic_batch(setting, dit.config.patch_features, text))
-    step = jax.jit(
-        functools.partial(train_step, dit=dit, text=text, optimizer=optimizer, config=config),
-        donate_argnums=0,
-    )
-    rng = jax.random.key(2)
     compiled = step.lower(state, batch, rng).compile()
     args.out.mkdir(parents=True, exist_ok=True)
     hlo = compiled.as_text()
