@@ -9,7 +9,8 @@
 Scenes are fresh draws of the training distribution (seed EVAL_SEED, never a training clip).
 Every run sees the same prompts with the same noise (seed + index): comparisons are paired.
 The score of a video is "fully right": every scored attribute right. Intervals are 95 %
-bootstrap intervals over prompts; differences between runs are paired bootstraps.
+bootstrap intervals over prompts; differences between runs, and expanded against short prompts
+within a run, are paired bootstraps.
 
   .venv/bin/python experiments/recaption/evaluate.py --runs A B C D E \
       --num-prompts 200 --out experiments/recaption/results/evaluation.json
@@ -138,6 +139,15 @@ def main():
                         "mean": float(delta.mean()),
                         "ci95": bootstrap_interval(delta, rng),
                     }
+    # Expansion within each run: the same scenes and noise with the short prompt expanded or not.
+    for run in results:
+        for expanded in ("short+rule", "short+learned"):
+            for key in ("fully_right", "right"):
+                delta = np.subtract(results[run][expanded][key], results[run]["short"][key])
+                differences[f"{run} {expanded}-short {key}"] = {
+                    "mean": float(delta.mean()),
+                    "ci95": bootstrap_interval(delta, rng),
+                }
     examples = {name: [prompt for prompt, _, _ in sets[name][:5]] for name in PROMPT_SETS}
     output = {
         "settings": vars(args),
