@@ -4,6 +4,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from soraj.cpu_runtime import prepare_command_process
+
 COMMANDS = (
     "generate",
     "demo",
@@ -302,7 +304,12 @@ def run_cache_latents(argv: list[str]):
 
 
 def main(argv: list[str] | None = None):
-    argv = sys.argv[1:] if argv is None else argv
+    if argv is None:  # the command line itself, not a call from Python
+        try:
+            prepare_command_process()  # before JAX is imported: soraj/cpu_runtime.py
+        except ValueError as error:
+            sys.exit(f"soraj: error: {error}")
+        argv = sys.argv[1:]
     if not argv or argv[0] in ("-h", "--help"):
         print(USAGE)
         return

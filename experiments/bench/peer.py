@@ -17,11 +17,14 @@ import argparse
 import functools
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from soraj.cpu_runtime import command_environment
 
 HERE = Path(__file__).parent
 ROOT = HERE.parent.parent
@@ -31,8 +34,8 @@ WIDTH, DEPTH, HEADS, CLIPS, LATENT, TEXT_TOKENS, TEXT_WIDTH = 384, 6, 6, 2, (5, 
 
 def peer_size_step(**dit_changes):
     """soraj.train.train_step jitted with donation at the peer's size, on a synthetic batch of
-    its two clips: (step, state, batch, rng). dit_changes are DiTConfig fields (modulation,
-    scan_blocks, remat, ...)."""
+    its two clips: (step, state, batch, rng). The DiT has the trainer's scan, remat and
+    modulation (soraj/configs/t2v.py) unless dit_changes (DiTConfig fields) say otherwise."""
     import flax.linen as nn
     import jax
     import numpy as np
@@ -47,9 +50,10 @@ def peer_size_step(**dit_changes):
 
     grid = (LATENT[0], LATENT[1] // 2, LATENT[2] // 2)  # patches of one clip
     tokens = int(np.prod(grid))
-    config = t2v.get_config("tiny")  # optimizer and diffusion settings of training
+    config = t2v.get_config("tiny")  # the trainer's optimizer, diffusion and DiT settings
     config.data.token_budget = tokens  # the self-attention window: one clip
     text = TextConfig(max_tokens=TEXT_TOKENS)
+    trainer = {k: config.model[k] for k in ("scan_blocks", "remat", "modulation")}
     dit = DiT(
         DiTConfig(
             width=WIDTH,
@@ -57,7 +61,7 @@ def peer_size_step(**dit_changes):
             num_heads=HEADS,
             latent_channels=16,
             text_width=TEXT_WIDTH,
-            **dit_changes,
+            **(trainer | dit_changes),
         )
     )
     optimizer = optim.make_optimizer(config.optim)
@@ -72,20 +76,25 @@ def peer_size_step(**dit_changes):
     return step, state, batch, jax.random.key(2)
 
 
-def soraj_round(steps: int, warmup: int) -> dict:
+def soraj_round(steps: int, warmup: int, dit_changes: dict | None = None) -> dict:
     """One timed round of soraj.train.train_step at the peer's size (run in a fresh process)."""
     import jax
 
-    step, state, batch, rng = peer_size_step()
+    step, state, batch, rng = peer_size_step(**(dit_changes or {}))
     tokens = int(batch["segment_ids"].size)
     times = []
     for i in range(warmup + steps):
+        if i == warmup:
+            usage = resource.getrusage(resource.RUSAGE_SELF)
         started = time.perf_counter()
         state, metrics = step(state, batch, rng)
         jax.block_until_ready((state, metrics))
         if i >= warmup:
             times.append(time.perf_counter() - started)
+    after = resource.getrusage(resource.RUSAGE_SELF)
     return {
+        "page_faults_per_step": (after.ru_minflt - usage.ru_minflt) / steps,
+        "system_seconds_per_step": (after.ru_stime - usage.ru_stime) / steps,
         "side": "soraj",
         "params": int(sum(x.size for x in jax.tree.leaves(state.params))),
         "tokens_per_step": tokens,
@@ -94,13 +103,15 @@ def soraj_round(steps: int, warmup: int) -> dict:
     }
 
 
-def run_side(side: str, steps: int, warmup: int, peer_python: Path) -> dict:
+def run_side(side: str, steps: int, warmup: int, peer_python: Path, environ: dict) -> dict:
     common = ["--steps", str(steps), "--warmup", str(warmup)]
     if side == "peer":
         command = [str(peer_python), str(HERE / "peer_wan.py"), "--threads", "2", *common]
     else:
         command = [sys.executable, str(Path(__file__)), "--side", "soraj", *common]
-    done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, check=False)
+    done = subprocess.run(
+        command, capture_output=True, text=True, cwd=ROOT, check=False, env=environ
+    )
     if done.returncode:
         raise RuntimeError(f"{side} round failed:\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -112,11 +123,13 @@ def main():
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--peer-python", type=Path, default=ROOT / ".venv-peer/bin/python")
+    parser.add_argument("--plain-environment", action="store_true")
     parser.add_argument("--out", type=Path, default=RESULTS / "peer.json")
     parser.add_argument("--side", choices=("soraj",), help=argparse.SUPPRESS)  # one round
+    parser.add_argument("--dit", type=json.loads, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.side:
-        print(json.dumps(soraj_round(args.steps, args.warmup)))
+        print(json.dumps(soraj_round(args.steps, args.warmup, args.dit)))
         return
     if not args.peer_python.exists():
         raise SystemExit(
@@ -124,11 +137,17 @@ def main():
             "  python3.11 -m venv .venv-peer && "
             ".venv-peer/bin/pip install -r experiments/bench/requirements-peer.txt"
         )
+    # Both sides run in the environment the soraj command gives itself (soraj/cpu_runtime.py:
+    # huge pages), or both in the caller's with --plain-environment.
+    environ = dict(os.environ) if args.plain_environment else command_environment(os.environ)
     rounds = []
     load_before = os.getloadavg()[0]
     for round_ in range(args.rounds):
         order = ("peer", "soraj") if round_ % 2 == 0 else ("soraj", "peer")
-        result = {side: run_side(side, args.steps, args.warmup, args.peer_python) for side in order}
+        result = {
+            side: run_side(side, args.steps, args.warmup, args.peer_python, environ)
+            for side in order
+        }
         result["ratio"] = result["soraj"]["tokens_per_s"] / result["peer"]["tokens_per_s"]
         rounds.append(result)
         print(
@@ -144,6 +163,8 @@ def main():
         "peer_params": rounds[0]["peer"]["params"],
         "peer_model": rounds[0]["peer"]["model"],
         "torch": rounds[0]["peer"]["torch"],
+        "glibc_tunables": environ.get("GLIBC_TUNABLES", ""),
+        "xla_flags": environ.get("XLA_FLAGS", ""),
         "load_average_before": load_before,
         "load_average_after": os.getloadavg()[0],
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},

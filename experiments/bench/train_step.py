@@ -32,22 +32,27 @@ import sys
 import time
 from pathlib import Path
 
-import flax.linen as nn
-import jax
-import jax.numpy as jnp
-import numpy as np
-from dit_flops import PackedShape, model_train_step_flops, train_step_flops
+from soraj.cpu_runtime import prepare_command_process
 
-from soraj import optim
-from soraj.configs import t2v
-from soraj.generate import init_params
-from soraj.models import patching
-from soraj.models.conditioning import TextConfig
-from soraj.models.dit import DIT_PRESETS, DiT, DiTConfig
-from soraj.train import train_step
+prepare_command_process()  # the soraj command's environment; before JAX is imported
+
+import flax.linen as nn  # noqa: E402
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+from dit_flops import PackedShape, model_train_step_flops, train_step_flops  # noqa: E402
+
+from soraj import optim  # noqa: E402
+from soraj.configs import t2v  # noqa: E402
+from soraj.generate import init_params  # noqa: E402
+from soraj.models import patching  # noqa: E402
+from soraj.models.conditioning import TextConfig  # noqa: E402
+from soraj.models.dit import DIT_PRESETS, DiT, DiTConfig  # noqa: E402
+from soraj.train import train_step  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 MATMULS_PER_STEP = 5
+TRAINER_MODEL = t2v.get_config("tiny").model  # scan and remat of `soraj train`
 # E of the random text states: MiniLM's hidden size, what a latent cache stores. A constant, so
 # the benchmark runs where the MiniLM package is not installed (a bare GPU host).
 TEXT_WIDTH = 384
@@ -71,8 +76,8 @@ class Setting:
     row_length: int  # L
     clip_grid: tuple[int, int, int]  # (gt, gh, gw) of every clip
     latent_channels: int = 8  # C
-    scan_blocks: bool = False
-    remat: str = "none"
+    scan_blocks: bool = TRAINER_MODEL.scan_blocks  # the trainer's unless a setting says
+    remat: str = TRAINER_MODEL.remat
     attention_backend: str = "xla"
 
     @property
@@ -274,15 +279,22 @@ def measure(settings: list[Setting], repeats: int, matmul_timers: dict, log) -> 
 
 
 def best_cpu_settings() -> list[Setting]:
-    """The best small settings `--sweep` found on this CPU (results/train_step_sweep.json): rows
-    of 4 × 512 tokens (at most 3 windows, so attention covers whole rows without the window
-    blocks); float32 with scanned blocks and dots_saveable remat, bfloat16 unrolled."""
-    small = dict(preset="S/2", latent_channels=16, rows=4, row_length=512, clip_grid=(4, 8, 8))
+    """The best small settings found on this CPU: float32 on 8 rows of one 256-token clip each
+    (attention over exactly the clip, the matmuls over all 2048 tokens at once) with the
+    trainer's scanned blocks and dots_saveable remat (`--sweep` times it beside 4 × 512,
+    8 × 512 and the other shapes); bfloat16 on 4 rows × 512, unrolled."""
+    small = dict(preset="S/2", latent_channels=16, clip_grid=(4, 8, 8))
     return [
+        Setting("small_float32_best", dtype="float32", rows=8, row_length=256, **small),
         Setting(
-            "small_float32_best", dtype="float32", scan_blocks=True, remat="dots_saveable", **small
+            "small_bfloat16_best",
+            dtype="bfloat16",
+            rows=4,
+            row_length=512,
+            scan_blocks=False,
+            remat="none",
+            **small,
         ),
-        Setting("small_bfloat16_best", dtype="bfloat16", **small),
     ]
 
 
@@ -292,7 +304,8 @@ def sweep_settings() -> list[Setting]:
     held in memory at once (about 1 GB each), so the list stays short."""
     base = next(s for s in cpu_settings() if s.name == "small_float32")
     variants = {
-        "float32_scan": dict(scan_blocks=True),
+        "float32_unrolled": dict(scan_blocks=False, remat="none"),
+        "float32_scan": dict(scan_blocks=True, remat="none"),
         "float32_scan_remat_dots": dict(scan_blocks=True, remat="dots_saveable"),
         "float32_scan_window128": dict(scan_blocks=True, clip_grid=(2, 8, 8)),
         # Rows of at most 3 windows attend over the whole row, without the window blocks.

@@ -34,6 +34,16 @@ EVAL_SEED = 424_242
 SHORT_ODDS = {"size": 0.3, "motion": 0.3, "background": 0.3}
 PROMPT_SETS = ("dense", "short", "short+rule", "short+learned")
 BOOTSTRAP = 10_000
+# Paired differences between runs, where both were scored; E-single is run E with adaLN-single.
+COMPARED = (
+    ("C", "A"),
+    ("C", "B"),
+    ("C", "D"),
+    ("E", "C"),
+    ("D", "A"),
+    ("E", "A"),
+    ("E-single", "E"),
+)
 
 
 def short_prompt(scene, rng):
@@ -130,7 +140,7 @@ def main():
                 for key, values in scores.items()
             }
     differences = {}
-    for a, b in (("C", "A"), ("C", "B"), ("C", "D"), ("E", "C"), ("D", "A"), ("E", "A")):
+    for a, b in COMPARED:
         if a in results and b in results:
             for name in PROMPT_SETS:
                 for key in ("fully_right", "right"):

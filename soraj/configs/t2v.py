@@ -84,9 +84,11 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
     config.model.dtype = "float32"  # compute dtype ("float32" | "bfloat16"); params stay f32
     # Scale-out switches (soraj/models/dit.py): scan_blocks runs the blocks as one nn.scan (one
     # compiled block, stacked params); remat recomputes activations in the backward pass
-    # ("none" | "full" | "dots_saveable", see DiT.REMAT_POLICIES).
-    config.model.scan_blocks = False
-    config.model.remat = "none"
+    # ("none" | "full" | "dots_saveable", see DiT.REMAT_POLICIES). Scanned blocks that keep
+    # the matmul outputs and recompute the elementwise work are the fastest step measured on
+    # CPU (experiments/bench/README.md, "CPU runtime"), and the usual setting at scale.
+    config.model.scan_blocks = True
+    config.model.remat = "dots_saveable"
     # adaLN modulation (soraj/models/dit_config.py MODULATIONS): "single" shares one per-token
     # modulation across the blocks (adaLN-single); "per_segment" is the DiT paper's per-sample
     # adaLN (class-conditional models, one t per sample); "per_token" the earlier per-block one.
