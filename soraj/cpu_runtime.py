@@ -1,13 +1,12 @@
 """Transparent huge pages for the buffers XLA:CPU allocates every step.
 
-XLA:CPU allocates the buffers of each execution afresh and frees them when it ends. glibc
-serves allocations above its mmap threshold (32 MiB at most) with fresh mappings and returns
-them on free, so every train step faults its whole working set back in, 4 KiB at a time:
-about 59,000 page faults a step for the DiT at `experiments/bench/peer.py`'s size, where the
-kernel also zeroes every page. glibc's `glibc.malloc.hugetlb=1` tunable (glibc 2.35 and
-later) makes malloc advise transparent huge pages for those mappings, so the same step takes
-about 500 faults of 2 MiB. `experiments/bench/cpu_runtime.py` measures both, with the
-kernel time and step time that go with them.
+XLA:CPU allocates the buffers of each execution afresh and frees them when it ends, and a
+train step walks hundreds of MiB of them. glibc's `glibc.malloc.hugetlb=1` tunable (glibc 2.35
+and later) makes malloc advise transparent huge pages for the memory it maps, so those
+buffers sit on 2 MiB pages instead of 4 KiB ones: far fewer page faults when fresh memory is
+touched (tests/test_cpu_runtime.py: a fresh 256 MiB block faults 65,537 times without, about
+640 with) and far fewer TLB entries to walk. `experiments/bench/cpu_runtime.py` measures what
+it is worth for the DiT train step.
 
 Tunables are read when a process starts, so the `soraj` command runs itself again, once,
 with the tunable added to GLIBC_TUNABLES, before it imports JAX. Set SORAJ_HUGE_PAGES=0 to
