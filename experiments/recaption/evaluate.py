@@ -34,7 +34,8 @@ EVAL_SEED = 424_242
 SHORT_ODDS = {"size": 0.3, "motion": 0.3, "background": 0.3}
 PROMPT_SETS = ("dense", "short", "short+rule", "short+learned")
 BOOTSTRAP = 10_000
-# Paired differences between runs, where both were scored; E-single is run E with adaLN-single.
+# Paired differences between runs, where both were scored. E-single and E-per_segment are run E
+# with other adaLN layouts (experiments/bench/modulation.py).
 COMPARED = (
     ("C", "A"),
     ("C", "B"),
@@ -43,6 +44,8 @@ COMPARED = (
     ("D", "A"),
     ("E", "A"),
     ("E-single", "E"),
+    ("E-per_segment", "E"),
+    ("E-per_segment", "E-single"),
 )
 
 
