@@ -17,9 +17,9 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
-import sys
 from pathlib import Path
+
+from peer import run_side  # experiments/bench, the script's own folder
 
 from soraj.cpu_runtime import with_huge_pages
 
@@ -38,15 +38,6 @@ def variants(environ: dict) -> dict[str, tuple[dict, dict]]:
     }
 
 
-def one_round(dit: dict, environ: dict, steps: int, warmup: int) -> dict:
-    command = [sys.executable, str(HERE / "peer.py"), "--side", "soraj", "--dit", json.dumps(dit)]
-    command += ["--steps", str(steps), "--warmup", str(warmup)]
-    done = subprocess.run(command, capture_output=True, text=True, env=environ, check=False)
-    if done.returncode:
-        raise RuntimeError(f"round failed:\n{done.stderr[-3000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=3)
@@ -59,7 +50,7 @@ def main():
     for round_ in range(args.rounds):
         result = {}
         for name, (dit, environ) in table.items():
-            result[name] = one_round(dit, environ, args.steps, args.warmup)
+            result[name] = run_side("soraj", args.steps, args.warmup, None, environ, dit)
         reference = next(iter(result.values()))["tokens_per_s"]
         for row in result.values():
             row["ratio"] = row["tokens_per_s"] / reference

@@ -103,12 +103,16 @@ def soraj_round(steps: int, warmup: int, dit_changes: dict | None = None) -> dic
     }
 
 
-def run_side(side: str, steps: int, warmup: int, peer_python: Path, environ: dict) -> dict:
+def run_side(
+    side: str, steps: int, warmup: int, peer_python: Path, environ: dict, dit: dict | None = None
+) -> dict:
+    """One round of a side in a fresh process; dit: DiTConfig changes for soraj's step."""
     common = ["--steps", str(steps), "--warmup", str(warmup)]
     if side == "peer":
         command = [str(peer_python), str(HERE / "peer_wan.py"), "--threads", "2", *common]
     else:
         command = [sys.executable, str(Path(__file__)), "--side", "soraj", *common]
+        command += ["--dit", json.dumps(dit or {})]
     done = subprocess.run(
         command, capture_output=True, text=True, cwd=ROOT, check=False, env=environ
     )
