@@ -10,7 +10,7 @@ CPU seconds per step, which the machine's other load does not blur the way it bl
   scan+dots, huge pages  and glibc's hugetlb tunable (soraj/cpu_runtime.py): what `soraj
                          train` runs
 
-    .venv/bin/python experiments/bench/cpu_runtime.py     # about 8 minutes on 2 cores
+    .venv/bin/python experiments/bench/cpu_runtime.py     # about 5 minutes on 2 cores
 """
 
 import argparse

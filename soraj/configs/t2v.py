@@ -86,7 +86,7 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
     # compiled block, stacked params); remat recomputes activations in the backward pass
     # ("none" | "full" | "dots_saveable", see DiT.REMAT_POLICIES). Scanned blocks that keep
     # the matmul outputs and recompute the elementwise work are the fastest step measured on
-    # CPU (experiments/bench/README.md, "CPU runtime"), and the usual setting at scale.
+    # CPU (experiments/bench/cpu_runtime.py), and the usual setting at scale.
     config.model.scan_blocks = True
     config.model.remat = "dots_saveable"
     # adaLN modulation (soraj/models/dit_config.py MODULATIONS): "single" shares one per-token
