@@ -28,7 +28,7 @@ from soraj.models.latent_codec import LatentCodec
 # ---- Building packed batches ----------------------------------------------------------------
 
 
-DEVICE_KEYS = ("latents", "coords", "segment_ids", "cond_mask", "grid")
+DEVICE_KEYS = ("latents", "coords", "segment_ids", "cond_mask", "cond_t", "mask_type", "grid")
 CONDITIONING_KEYS = {"text": ("text", "text_mask"), "class": ("labels",)}
 
 

@@ -11,12 +11,14 @@ import shutil
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import optax
 from jax.experimental import multihost_utils
 
 from soraj import checkpoint, distributed, fault_tolerance, optim, sharding
 from soraj.data.data_shards import all_shard_states
+from soraj.data.frame_masks import MASK_TYPES, MaskCurriculum
 from soraj.diffusion.objective import flow_matching_loss
 from soraj.diffusion.timesteps import TimeShift, per_segment_timesteps
 from soraj.dit_data import host_batch_metrics, training_data
@@ -46,6 +48,7 @@ def dit_loss(params, batch: dict, rng, *, dit: DiT, text: TextConfig, diffusion,
         base_shift=diffusion.base_shift,
         max_tokens=diffusion.max_tokens,
         max_shift=diffusion.max_shift,
+        cond_t=batch.get("cond_t"),
     )  # (B, L)
     noise = jax.random.normal(noise_rng, batch["latents"].shape)  # (B, L, P)
     if dit.config.conditioning == "class":
@@ -77,6 +80,32 @@ def dit_loss(params, batch: dict, rng, *, dit: DiT, text: TextConfig, diffusion,
     )
 
 
+def loss_by_mask_type(aux: dict, batch: dict) -> dict:
+    """Per mask type (frame_masks.MASK_TYPES): the summed per-sample loss and the sample count
+    of this batch, (T,) each; batches without mask types give none."""
+    if "mask_type" not in batch:
+        return {}
+    of_type = batch["mask_type"][..., None] == jnp.arange(len(MASK_TYPES))  # (B, S, T)
+    of_type &= aux["segment_valid"][..., None]
+    per_sample = aux["loss_per_segment"][..., None]  # (B, S, 1)
+    return {
+        "mask_loss_sum": jnp.sum(jnp.where(of_type, per_sample, 0.0), axis=(0, 1)),  # (T,)
+        "mask_count": jnp.sum(of_type, axis=(0, 1)),  # (T,)
+    }
+
+
+def mask_type_metrics(metrics: dict) -> dict:
+    """The logged form of loss_by_mask_type: loss_<type> for each type present this step."""
+    metrics = dict(metrics)
+    sums, counts = metrics.pop("mask_loss_sum", None), metrics.pop("mask_count", None)
+    if sums is None:
+        return metrics
+    for name, total, count in zip(MASK_TYPES, sums, counts, strict=True):
+        if count:
+            metrics[f"loss_{name}"] = float(total) / int(count)
+    return metrics
+
+
 def train_step(state: optim.TrainState, batch: dict, rng, *, dit, text, optimizer, config):
     """(state, batch, rng) → (state, metrics); pure, jitted once with donation."""
     rng = jax.random.fold_in(rng, state.step)
@@ -89,10 +118,11 @@ def train_step(state: optim.TrainState, batch: dict, rng, *, dit, text, optimize
         diffusion=config.diffusion,
         window=config.data.token_budget,
     )
-    (loss, _), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch, rng)
+    (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch, rng)
     new_state = state.apply_gradients(grads, optimizer, config.optim.ema_decay)
     metrics = {
         "loss": loss,
+        **loss_by_mask_type(aux, batch),
         "grad_norm": optax.tree.norm(grads),  # before clipping
         "learning_rate": optim.learning_rate_schedule(config.optim)(state.step),
         **optim.nonfinite_counts(new_state.opt_state),
@@ -174,6 +204,12 @@ def make_dit(config, codec: LatentCodec, text: TextConfig) -> DiT:
     """The DiT of config.model for this VAE's latents of config.data's clips."""
     data = config.data
     latent = codec.latent_shape(data.num_frames, data.height, data.width)
+    # Per-frame t (the curriculum's "independent" type) can give a sample as many distinct t
+    # as it has patch frames; every other type gives at most two (drawn and given).
+    masks = MaskCurriculum.from_config(data.masks) if "masks" in data else MaskCurriculum()
+    longest = codec.latent_shape(data.max_frames, data.height, data.width)[0]
+    per_frame = dict(masks.shares).get("independent", 0.0) > 0
+    timesteps_per_sample = max(2, longest // config.model.patch_size[0]) if per_frame else 2
     dit = DiT(
         DiTConfig(
             width=config.model.width,
@@ -190,6 +226,7 @@ def make_dit(config, codec: LatentCodec, text: TextConfig) -> DiT:
             scan_blocks=config.model.scan_blocks,
             remat=config.model.remat,
             modulation=config.model.modulation,
+            timesteps_per_sample=timesteps_per_sample,
         )
     )
     patching.grid_shape(latent[:3], dit.config.patch_size)  # validates divisibility early
@@ -254,7 +291,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path):
             done = step + 1
             preempted = preemption.reached(done)
             if done % config.log_every == 0 or done == config.total_steps:
-                metrics = dict(jax.device_get(metrics), **host_batch_metrics(host_batch))
+                metrics = mask_type_metrics(jax.device_get(metrics))
+                metrics.update(host_batch_metrics(host_batch))
                 writer.write(done, metrics, int(metrics["samples"]))
             if preempted or done % config.save_every == 0 or done == config.total_steps:
                 nonfinite.flush()  # never save after too many skipped steps

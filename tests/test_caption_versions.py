@@ -167,6 +167,7 @@ def packed_captions(config, batches: int = 2) -> set[str]:
     config.vae_checkpoint = VAE_DIR
     config.text.encoder = "bytes"  # no MiniLM load: the captions are only read back here
     config.data.caption_dropout = 0.0
+    config.data.masks.shares = (("text_to_video", 1.0),)  # masked samples drop text too
     config.batch_size = 2
     iterator, _ = training_data(
         config,

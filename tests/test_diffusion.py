@@ -10,6 +10,7 @@ from soraj.diffusion.objective import flow_matching_loss, noisy_input
 from soraj.diffusion.sampling import (
     cfg_velocity_batched,
     classifier_free_guidance,
+    dual_guidance_batched,
     euler_sample,
 )
 from soraj.diffusion.timesteps import (
@@ -248,7 +249,7 @@ def test_padding_and_conditioning_tokens_do_not_change_the_loss():
         np.testing.assert_allclose(loss_a, loss_b, rtol=1e-6)
 
 
-def test_conditioning_tokens_are_shown_clean_with_t_zero():
+def test_given_tokens_are_shown_at_their_own_t():
     x0, noise, t, segment_ids, cond_mask = _packed_example()
     seen = {}
 
@@ -256,9 +257,16 @@ def test_conditioning_tokens_are_shown_clean_with_t_zero():
         seen["x_t"], seen["t"] = x_t, t_in
         return jnp.zeros_like(x_t)
 
+    # Given tokens at t = 0 are shown clean; the curriculum's noised ones (t = 0.05) noised.
+    t = np.where(cond_mask, 0.0, t).astype(np.float32)
+    t[1, 7] = 0.05
     flow_matching_loss(spy, x0, noise, t, segment_ids, cond_mask, 3)
-    np.testing.assert_array_equal(np.asarray(seen["t"])[cond_mask], 0.0)
-    np.testing.assert_array_equal(np.asarray(seen["x_t"])[cond_mask], x0[cond_mask])
+    np.testing.assert_array_equal(np.asarray(seen["t"])[cond_mask], t[cond_mask])
+    clean = cond_mask & (t == 0)
+    np.testing.assert_array_equal(np.asarray(seen["x_t"])[clean], x0[clean])
+    np.testing.assert_allclose(
+        np.asarray(seen["x_t"])[1, 7], 0.95 * x0[1, 7] + 0.05 * noise[1, 7], rtol=1e-6
+    )
     expected_x_t = (1 - t[..., None]) * x0 + t[..., None] * noise
     np.testing.assert_allclose(noisy_input(x0, noise, t), expected_x_t, rtol=1e-6)
 
@@ -312,25 +320,96 @@ def test_euler_maps_standard_normal_to_gaussian_data():
     assert 1.8 < float(error_ratio) < 2.2
 
 
-def test_euler_holds_conditioning_tokens_with_t_zero():
-    keys = jax.random.split(jax.random.PRNGKey(1), 2)
+def test_given_tokens_come_out_bit_exact_and_are_shown_at_t_zero():
+    keys = jax.random.split(jax.random.PRNGKey(1), 3)
     x0 = jax.random.normal(keys[0], (1, 6, 2))
     noise = jax.random.normal(keys[1], (1, 6, 2))
-    cond_mask = jnp.array([[True, True, False, False, False, False]])
+    given_values = jax.random.normal(keys[2], (1, 6, 2))  # not x0: held whatever x0 is
+    given = jnp.array([[True, True, False, False, False, True]])
     oracle = _single_point_velocity(x0)
 
     def velocity_fn(x_t, t):
-        # Off by the mean t of the conditioning tokens, which the sampler must keep at 0;
-        # on them it talks nonsense, which the sampler must ignore.
-        cond_t = jnp.sum(jnp.where(cond_mask, t, 0.0)) / 2
-        safe_t = jnp.where(cond_mask, 1.0, t)
-        v = oracle(x_t, safe_t) + cond_t
-        return jnp.where(cond_mask[..., None], 1e3, v)
+        # Off by the t shown on given tokens, which the sampler must keep at 0; on them it
+        # talks nonsense (even NaN), which the sampler must ignore.
+        given_t = jnp.sum(jnp.where(given, t, 0.0))
+        v = oracle(x_t, jnp.where(given, 1.0, t)) + given_t
+        return jnp.where(given[..., None], jnp.nan, v)
 
-    sample = euler_sample(velocity_fn, noise, 3, cond_x0=x0, cond_mask=cond_mask)
-    chex.assert_trees_all_close(sample, x0, atol=1e-5)
+    reference = jnp.where(given[..., None], given_values, 0.0)
+    level = jnp.where(given, 0.0, 1.0)
+    sample = euler_sample(velocity_fn, noise, 3, reference=reference, level=level)
+    np.testing.assert_array_equal(np.asarray(sample)[given], np.asarray(given_values)[given])
+    chex.assert_trees_all_close(sample[~given], x0[~given], atol=1e-5)
     with pytest.raises(ValueError, match="together"):
-        euler_sample(velocity_fn, noise, 3, cond_mask=cond_mask)
+        euler_sample(velocity_fn, noise, 3, level=level)
+
+
+def _naive_level_sampler(velocity_fn, noise, num_steps, shift, reference, level):
+    """The issue's rule, token by token in numpy: x = c·ε + (1 − c)·x_ref, then per step
+    τ = min(t_k, c) and x += (min(t_k+1, c) − τ)·v."""
+    noise, reference, level = (np.asarray(a, np.float64) for a in (noise, reference, level))
+    grid = np.linspace(1.0, 0.0, num_steps + 1)
+    grid = shift * grid / (1 + (shift - 1) * grid)
+    x = level[..., None] * noise + (1 - level[..., None]) * reference
+    for k in range(num_steps):
+        tau = np.minimum(grid[k], level)
+        tau_next = np.minimum(grid[k + 1], level)
+        v = np.asarray(velocity_fn(jnp.asarray(x, jnp.float32), jnp.asarray(tau, jnp.float32)))
+        x = x + (tau_next - tau)[..., None] * v
+    return x
+
+
+def test_generation_levels_follow_the_rule_of_a_naive_loop():
+    rng = np.random.default_rng(2)
+    noise = rng.normal(size=(2, 7, 3)).astype(np.float32)
+    reference = rng.normal(size=(2, 7, 3)).astype(np.float32)
+    level = rng.choice([0.0, 0.3, 0.55, 1.0], size=(2, 7)).astype(np.float32)
+    matrix = jnp.asarray(rng.normal(size=(3, 3)) * 0.3, jnp.float32)
+
+    def velocity_fn(x_t, t):  # depends on x and on each token's t
+        return x_t @ matrix + t[..., None] ** 2
+
+    for shift in (1.0, 3.0):
+        got = euler_sample(velocity_fn, jnp.asarray(noise), 6, shift, reference, level)
+        expected = _naive_level_sampler(velocity_fn, noise, 6, shift, reference, level)
+        np.testing.assert_allclose(got, expected, atol=1e-5)
+        assert np.array_equal(np.asarray(got)[level == 0], reference[level == 0])
+
+
+def test_sdedit_strength_s_starts_on_the_path_at_t_s():
+    # Level s everywhere from x_ref = x0: x starts at s·ε + (1 − s)·x0, on x0's straight path
+    # at t = s, so the exact velocity lands on x0 whatever the strength and the steps.
+    keys = jax.random.split(jax.random.PRNGKey(3), 2)
+    x0 = jax.random.normal(keys[0], (1, 5, 2))
+    noise = jax.random.normal(keys[1], (1, 5, 2))
+    for strength in (0.2, 0.6, 1.0):
+        level = jnp.full((1, 5), strength)
+        sample = euler_sample(_single_point_velocity(x0), noise, 4, 2.0, x0, level)
+        chex.assert_trees_all_close(sample, x0, atol=1e-5)
+
+
+def test_dual_guidance_matches_three_separate_calls():
+    rng = np.random.default_rng(4)
+    B, L, P = 2, 5, 3
+    x = jnp.asarray(rng.normal(size=(B, L, P)), jnp.float32)
+    t = jnp.asarray(rng.uniform(size=(B, L)), jnp.float32)
+    noise = jnp.asarray(rng.normal(size=(B, L, P)), jnp.float32)
+    visual = jnp.asarray(rng.random((B, L)) < 0.4)
+
+    def model(x_t, t_in, text_on):  # a toy velocity that depends on x, t and the text
+        return 1.5 * x_t + t_in[..., None] + (0.7 if text_on else -0.2)
+
+    def three(x_all, t_all):  # rows [0, B) with text, the rest with the null text
+        return jnp.concatenate(
+            [model(x_all[:B], t_all[:B], True), model(x_all[B:], t_all[B:], False)]
+        )
+
+    v = dual_guidance_batched(three, 4.0, 2.0, visual, noise)(x, t)
+    v_full = model(x, t, True)
+    v_visual = model(x, t, False)
+    v_none = model(jnp.where(visual[..., None], noise, x), jnp.where(visual, 1.0, t), False)
+    expected = v_none + 2.0 * (v_visual - v_none) + 4.0 * (v_full - v_visual)
+    np.testing.assert_allclose(v, expected, rtol=1e-6, atol=1e-6)
 
 
 def test_euler_compiles_once_for_all_steps_and_noises():

@@ -100,13 +100,15 @@ def test_output_is_exactly_zero_at_init_and_nonzero_after_perturbing():
     assert np.all(np.abs(np.asarray(out)[batch[3] > 0]).max(-1) > 1e-3)
 
 
-def _one_t_per_sample(batch):
-    """The batch with every real token's t replaced by its sample's first t."""
+def _two_t_per_sample(batch):
+    """The batch with each sample's real tokens at its first t, except its first third at 0
+    (clean conditioning tokens, as cond_mask makes them): two distinct t per sample."""
     x, t, coords, seg, *rest = (np.array(part) for part in batch)
     for b in range(seg.shape[0]):
         for segment in np.unique(seg[b][seg[b] > 0]):
-            tokens = seg[b] == segment
-            t[b][tokens] = t[b][tokens][0]
+            (tokens,) = np.nonzero(seg[b] == segment)
+            t[b][tokens] = t[b][tokens[0]]
+            t[b][tokens[: len(tokens) // 3]] = 0.0
     return (x, t, coords, seg, *rest)
 
 
@@ -116,7 +118,7 @@ def test_packing_invariance_and_padding_isolation(modulation):
     batch = _batch(rows)
     config = dataclasses.replace(CONFIG, modulation=modulation)
     if modulation == "per_segment":
-        batch = _one_t_per_sample(batch)
+        batch = _two_t_per_sample(batch)
     model, _, apply = _jitted(config)
     params = _perturbed_params(model, batch)
     out = np.asarray(apply(params, *batch))
@@ -137,12 +139,36 @@ def test_packing_invariance_and_padding_isolation(modulation):
     np.testing.assert_allclose(out_garbage[real], out[real], atol=1e-6, rtol=1e-6)
 
 
-def test_per_segment_modulation_refuses_two_timesteps_in_one_sample():
-    batch = _batch(_three_rows(3)[0])
-    model = DiT(dataclasses.replace(CONFIG, modulation="per_segment"))
-    with pytest.raises(ValueError, match="one t per sample, but segment 1 of row 0"):
-        model.init(jax.random.key(0), *batch)
-    model.init(jax.random.key(0), *_one_t_per_sample(batch))
+def test_per_segment_modulation_equals_per_token_with_the_same_params():
+    # per_token runs each block's Dense on every token's c: the naive form of the same
+    # function, with the same parameters. Two t per sample (noise level and conditioning 0).
+    batch = _two_t_per_sample(_batch(_three_rows(3)[0]))
+    per_token, _, per_token_apply = _jitted(dataclasses.replace(CONFIG, modulation="per_token"))
+    _, _, per_segment_apply = _jitted(dataclasses.replace(CONFIG, modulation="per_segment"))
+    params = _perturbed_params(per_token, batch)
+    real = batch[3] > 0
+    expected = np.asarray(per_token_apply(params, *batch))[real]
+    assert np.abs(expected).max() > 1e-2
+    got = np.asarray(per_segment_apply(params, *batch))[real]
+    np.testing.assert_allclose(got, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_per_segment_modulation_refuses_more_timesteps_than_slots():
+    batch = _batch(_three_rows(3)[0])  # random t on every token
+    config = dataclasses.replace(CONFIG, modulation="per_segment")
+    with pytest.raises(ValueError, match="at most timesteps_per_sample=2 distinct t per sample"):
+        DiT(config).init(jax.random.key(0), *batch)
+    DiT(config).init(jax.random.key(0), *_two_t_per_sample(batch))
+
+    # Under jit no check can run: a token whose t has no slot gets NaN (and, by attention, its
+    # whole sample); other samples do not.
+    batch = [np.array(part) for part in _two_t_per_sample(batch)]
+    start = _three_rows(3)[1]["a"][0]
+    batch[1][0, start + N_A - 1] = 0.5  # a third t in sample A of row 0
+    model, _, apply = _jitted(config)
+    out = np.asarray(apply(_perturbed_params(model, batch), *batch))
+    assert np.isnan(out[0, start + N_A - 1]).all()
+    assert np.isfinite(out[1:][batch[3][1:] > 0]).all()
 
 
 def test_text_conditions_its_own_segment_only():

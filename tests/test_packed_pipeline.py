@@ -11,6 +11,7 @@ import pytest
 
 from soraj.data import packed_pipeline
 from soraj.data.bad_records import ReplacingSource, check_clip
+from soraj.data.frame_masks import FROM_SAMPLE, MASK_TYPES, MaskCurriculum
 from soraj.data.packed_pipeline import PackedDataSpec, caption_from_bytes, packed_dataset
 from soraj.data.shapes import ShapesSource
 from soraj.models import patching
@@ -210,3 +211,30 @@ def test_bad_specs_are_refused():
         spec(packing="next_fit")
     with pytest.raises(ValueError, match="packing_bins"):
         spec(packing_bins=1)
+
+
+def test_mask_curriculum_marks_given_frames_per_token(codec):
+    # Every video sample first_k or independent; images stay text to image.
+    curriculum = MaskCurriculum(shares=(("first_k", 0.5), ("independent", 0.5)), noisy_given=0.0)
+    batches = take(packed_dataset(MixedShapes(24), spec(masks=curriculum), codec), 4)
+    seen = set()
+    for batch in batches:
+        padding = batch["segment_ids"] == 0
+        assert not batch["cond_mask"][padding].any() and not batch["cond_t"][padding].any()
+        for row, segment, _, grid, tokens in segments(batch):
+            name = MASK_TYPES[batch["mask_type"][row, segment - 1]]
+            seen.add(name)
+            frame = batch["coords"][row, tokens, 0]
+            given, t = batch["cond_mask"][row, tokens], batch["cond_t"][row, tokens]
+            if grid[0] == 1:
+                assert name == "text_to_video" and not given.any() and np.all(t == FROM_SAMPLE)
+            elif name == "first_k":  # the first k frames given at t = 0 (or 1: visual dropped)
+                k = int(frame[given].max()) + 1
+                assert 1 <= k <= (grid[0] + 1) // 2 and np.array_equal(given, frame < k)
+                assert len(set(t[given].tolist())) == 1 and t[given][0] in (0.0, 1.0)
+                assert np.all(t[~given] == FROM_SAMPLE)
+            else:  # one t per frame, none given
+                assert not given.any() and np.all((t >= 0) & (t <= 1))
+                for f in range(grid[0]):
+                    assert len(set(t[frame == f].tolist())) == 1
+    assert seen == {"text_to_video", "first_k", "independent"}

@@ -86,28 +86,40 @@ def test_pack_samples_rejects_bad_input_by_name():
 
 # ---- DiT output and loss under packing ----
 
-# The CPU preset at depth 2: every mechanism (segment attention, per-segment text, per-token
-# adaLN, RoPE) is in each block, so two blocks are enough to show a leak.
-CONFIG = dataclasses.replace(DIT_PRESETS["tiny"], depth=2)
+# The CPU preset at depth 2 with the trainer's adaLN: every mechanism (segment attention,
+# per-segment text, adaLN per (sample, t), RoPE) is in each block, so two blocks are enough
+# to show a leak.
+CONFIG = dataclasses.replace(DIT_PRESETS["tiny"], depth=2, modulation="per_segment")
 L, S, M, ROWS = 32, 3, 8, 4
 LATENT_SHAPES = [(3, 4, 4), (1, 6, 4), (2, 2, 6), (3, 4, 6)]  # grids of 12, 6, 6, 18 patches
 
 
-def _sample(seed, latent_shape, text_len):
+def _sample(seed, latent_shape, text_len, given_t=None):
+    """given_t: the sample's first frame is given (cond_mask, as the mask curriculum gives
+    frames) at that t: 0 clean, or a little noise."""
     rng = np.random.default_rng(seed)
     latents = rng.normal(size=(*latent_shape, CONFIG.latent_channels)).astype(np.float32)
     tokens, coords = patchify(latents, CONFIG.patch_size)
+    coords = np.asarray(coords)
+    cond_mask = np.zeros(len(coords), bool) if given_t is None else coords[:, 0] == 0
+    t = np.where(cond_mask, given_t or 0.0, rng.uniform(0.05, 0.95)).astype(np.float32)
     return dict(
         latents=np.asarray(tokens),
-        coords=np.asarray(coords),
+        coords=coords,
         noise=rng.normal(size=tokens.shape).astype(np.float32),
         text=rng.normal(size=(M, CONFIG.text_width)).astype(np.float32),
         text_mask=np.arange(M) < text_len,
-        t=np.float32(rng.uniform(0.05, 0.95)),
+        t=t,
+        cond_mask=cond_mask,
     )
 
 
-SAMPLES = [_sample(i, shape, text_len=3 + i) for i, shape in enumerate(LATENT_SHAPES)]
+# Samples 0 and 3 have their first frame given (clean, and noised to t = 0.07).
+GIVEN_T = (0.0, None, None, 0.07)
+SAMPLES = [
+    _sample(i, shape, text_len=3 + i, given_t=given)
+    for i, (shape, given) in enumerate(zip(LATENT_SHAPES, GIVEN_T, strict=True))
+]
 
 
 def _forward(params, batch, window=None):
@@ -170,7 +182,9 @@ def _per_sample(batch, placements, garbage_seed=None):
     results = []
     for sample, p, v_i in zip(SAMPLES, placements, unpack(v, placements), strict=True):
         target = sample["noise"] - sample["latents"]
-        naive = np.mean(np.square(v_i.astype(np.float64) - target))  # independent of the packer
+        generated = ~sample["cond_mask"]  # given tokens carry no loss
+        error = np.square(v_i.astype(np.float64) - target)[generated]
+        naive = np.mean(error)  # independent of the packer
         results.append((v_i, loss_per_segment[p.row, p.segment - 1], naive))
     return results
 

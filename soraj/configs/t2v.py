@@ -3,6 +3,7 @@
 import ml_collections
 
 from soraj.configs import scale_out
+from soraj.data.frame_masks import MASK_SHARES
 
 # Per preset: the DiT preset, the clips (frames, height, width) and the batch size.
 # Per preset: the DiT preset, the default clip (frames, height, width), the packed rows
@@ -89,10 +90,12 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
     # CPU (experiments/bench/cpu_runtime.py), and the usual setting at scale.
     config.model.scan_blocks = True
     config.model.remat = "dots_saveable"
-    # adaLN modulation (soraj/models/dit_config.py MODULATIONS): "single" shares one per-token
-    # modulation across the blocks (adaLN-single); "per_segment" is the DiT paper's per-sample
-    # adaLN (class-conditional models, one t per sample); "per_token" the earlier per-block one.
-    config.model.modulation = "single"
+    # adaLN modulation (soraj/models/dit_config.py MODULATIONS): "per_segment" runs each
+    # block's Dense once per (sample, distinct t) and gathers it per token: per-token adaLN's
+    # function and quality with no per-token matmul (experiments/bench/modulation.py);
+    # "single" shares one per-token modulation across the blocks (adaLN-single, behind at a
+    # fixed budget); "per_token" is the earlier per-block, per-token one.
+    config.model.modulation = "per_segment"
     # "class": a label embedding in adaLN in place of text, for class-conditional benchmarks
     # (UCF-101 style: --config.data.source=class_folder --config.data.root=DIR); num_classes
     # must equal the folder's class count. The caption dropout then drops labels to the null.
@@ -134,6 +137,21 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
     # fields must be in the source's records (Shapes: caption, caption_original, short_caption).
     config.data.caption_mix = (("caption", 1.0),)
     config.data.caption_dropout = 0.1  # per sample; the null text teaches CFG's unconditional v
+    # The mask curriculum (soraj/data/frame_masks.py): per video sample a mask type gives some
+    # latent frames as conditions (no loss, t = 0 or a little noise), so one model learns
+    # image to video, extension, loops, connecting and keyframes. shares: (type, share) pairs;
+    # (("text_to_video", 1.0),) turns it off. Masked samples drop the text, both conditions or
+    # the visual one (given frames as pure noise) 5 % each instead of caption_dropout.
+    config.data.masks = ml_collections.ConfigDict(
+        dict(
+            shares=MASK_SHARES,
+            noisy_given=0.25,
+            max_given_t=0.1,
+            drop_text=0.05,
+            drop_both=0.05,
+            drop_visual=0.05,
+        )
+    )
     # Packing (soraj/data/packed_pipeline.py): rows of row_length tokens, at most max_segments
     # samples each, batch_size rows a step; grain's "first_fit" or "best_fit" over packing_bins
     # rows at once (0: 4 × batch_size).

@@ -26,6 +26,7 @@ from absl import flags
 
 from soraj.data.bad_records import BadRecordMonitor, ReplacingSource, check_clip
 from soraj.data.caption_versions import DEFAULT_CAPTION_MIX, check_caption_mix, pick_caption
+from soraj.data.frame_masks import MaskCurriculum, draw_condition
 from soraj.data.native_size import apply_native_size_plan, plan_native_size
 from soraj.models import patching
 from soraj.models.latent_codec import encode_clip
@@ -58,6 +59,8 @@ class PackedDataSpec:
     caption_dropout: float = 0.1  # per sample: its caption becomes "" (the null text)
     # Per sample, before the dropout: the caption field that trains, by odds (caption_versions).
     caption_mix: tuple = DEFAULT_CAPTION_MIX
+    # Per video sample: which latent frames are given as conditions (frame_masks.py).
+    masks: MaskCurriculum = MaskCurriculum()
     # Class-conditional training: records bring "label" in [0, num_classes); a dropped caption
     # also drops the label to num_classes, the null label. 0: text-conditional.
     num_classes: int = 0
@@ -137,6 +140,7 @@ def spec_from_config(
         square_crop=data.square_crop,
         caption_dropout=data.caption_dropout,
         caption_mix=data.get("caption_mix", DEFAULT_CAPTION_MIX),
+        masks=MaskCurriculum.from_config(data.masks) if "masks" in data else MaskCurriculum(),
         num_classes=num_classes,
         drop_rate_low=data.token_drop.rate_low,
         drop_rate_high=data.token_drop.rate_high,
@@ -201,14 +205,8 @@ class PrepareExample:
         caption = pick_caption(example, spec.caption_mix, rng)
         dropped = rng.random() < spec.caption_dropout
         prepared = {
-            "caption": caption_bytes("" if dropped else caption),  # (1, CAPTION_BYTES)
             "replaced": np.reshape(example.get("replaced", 0), (1,)).astype(np.int32),
         }
-        if spec.num_classes:
-            label = int(example["label"])
-            if not 0 <= label < spec.num_classes:
-                raise ValueError(f"label {label} outside [0, {spec.num_classes}) (num_classes)")
-            prepared["label"] = np.asarray([spec.num_classes if dropped else label], np.int32)
         if "latents" in example:  # a latent cache record: its native-size plan ran when cached
             latents = np.asarray(example["latents"], np.float32)
             grid = patching.grid_shape(latents.shape[:3], spec.patch_size)
@@ -228,6 +226,20 @@ class PrepareExample:
             )
             prepared["video"] = apply_native_size_plan(video, plan)
             grid = plan.latent_grid
+        condition = draw_condition(spec.masks, int(grid[0]), rng)
+        if condition.given.any():  # masked samples drop text by the curriculum's own odds
+            dropped = condition.drop_text
+        prepared.update(
+            frame_given=condition.given,  # (F,)
+            frame_t=condition.t,  # (F,)
+            mask_type=np.asarray([condition.mask_type], np.int32),  # (1,)
+            caption=caption_bytes("" if dropped else caption),  # (1, CAPTION_BYTES)
+        )
+        if spec.num_classes:
+            label = int(example["label"])
+            if not 0 <= label < spec.num_classes:
+                raise ValueError(f"label {label} outside [0, {spec.num_classes}) (num_classes)")
+            prepared["label"] = np.asarray([spec.num_classes if dropped else label], np.int32)
         if "text_states" in example:
             states, mask = (
                 self.null_text if dropped else (example["text_states"], example["text_mask"])
@@ -263,11 +275,15 @@ class EncodeExample:
             latents = prepared["latents"]
         tokens, coords = patchify(latents, patch_size=self.patch_size)  # (N, P), (N, 3)
         keep = prepared["keep"]
+        coords = np.asarray(coords, np.int32)[keep]  # (n, 3)
+        frame = coords[:, 0]  # each token's patch frame
         packable = {
             "latents": np.asarray(tokens, np.float32)[keep],  # (n, P)
-            "coords": np.asarray(coords, np.int32)[keep],  # (n, 3)
+            "coords": coords,
+            "cond_mask": prepared["frame_given"][frame],  # (n,)
+            "cond_t": prepared["frame_t"][frame],  # (n,)
         }
-        for key in ("caption", "grid", "replaced", "label", "text", "text_mask"):
+        for key in ("caption", "grid", "replaced", "mask_type", "label", "text", "text_mask"):
             if key in prepared:
                 packable[key] = prepared[key]
         return packable
@@ -278,7 +294,8 @@ class EncodeExample:
 
 def _length_struct(spec: PackedDataSpec, text_tokens: int | None) -> dict:
     L, S = spec.row_length, spec.max_segments
-    lengths = {"latents": L, "coords": L, "caption": S, "grid": S, "replaced": S}
+    lengths = {"latents": L, "coords": L, "cond_mask": L, "cond_t": L}
+    lengths.update(caption=S, grid=S, replaced=S, mask_type=S)
     if spec.num_classes:
         lengths["label"] = S
     if text_tokens is not None:
@@ -298,7 +315,9 @@ class PackedRow:
             "latents": packed["latents"],  # (L, P)
             "coords": packed["coords"],  # (L, 3)
             "segment_ids": packed["latents_segment_ids"],  # (L,) 1..S, 0 = padding
-            "cond_mask": np.zeros(self.spec.row_length, bool),  # (L,)
+            "cond_mask": packed["cond_mask"],  # (L,) given tokens: no loss
+            "cond_t": packed["cond_t"],  # (L,) a token's own t, or FROM_SAMPLE (< 0)
+            "mask_type": packed["mask_type"],  # (S,) index into frame_masks.MASK_TYPES
             "caption": packed["caption"],  # (S, CAPTION_BYTES)
             "grid": packed["grid"],  # (S, 3); unused slots are (0, 0, 0)
             "replaced": packed["replaced"],  # (S,)
@@ -331,7 +350,8 @@ def packed_dataset(
 ) -> grain.IterDataset:
     """The infinite, deterministic, checkpointable IterDataset of packed batches of one data
     shard (grain ShardOptions; default: this process's):
-    latents (B, L, P), coords (B, L, 3), segment_ids (B, L), cond_mask (B, L), grid (B, S, 3),
+    latents (B, L, P), coords (B, L, 3), segment_ids (B, L), cond_mask (B, L), cond_t (B, L),
+    mask_type (B, S), grid (B, S, 3),
     caption (B, S, CAPTION_BYTES) or text (B, S, M, E) + text_mask (B, S, M), replaced (B, S),
     and the run totals bad_records and records."""
     unit_h, unit_w = (spec.vae_factors[1] * p for p in spec.patch_size[1:])

@@ -34,7 +34,8 @@ def flow_matching_loss(
     Args:
       denoise_fn: (x_t (B, L, P), t (B, L)) -> predicted velocity (B, L, P).
       x0, noise: clean latents and Gaussian noise, (B, L, P).
-      t: per-token times (B, L); forced to 0 on `cond_mask` tokens, which stay clean.
+      t: per-token times (B, L); a given (`cond_mask`) token is noised to its own t, which
+        is 0 (clean) unless the mask curriculum noised or dropped it.
       segment_ids: (B, L), 1..S for samples, 0 for padding.
       cond_mask: bool (B, L) or None; conditioning tokens carry no loss.
       max_segments: S, a Python int (static under jit).
@@ -59,7 +60,6 @@ def flow_matching_loss(
 
     if cond_mask is None:
         cond_mask = jnp.zeros(segment_ids.shape, bool)
-    t = jnp.where(cond_mask, 0.0, t)  # (B, L)
     x_t = noisy_input(x0, noise, t)  # (B, L, P)
     v_pred = denoise_fn(x_t, t)  # (B, L, P)
     v_target = noise - x0  # (B, L, P)

@@ -11,46 +11,54 @@ from soraj.diffusion.timesteps import check_static_count, shift_timesteps
 # ---- Euler ODE solver ----
 
 
-def euler_sample(velocity_fn, noise, num_steps, shift=1.0, cond_x0=None, cond_mask=None):
+def euler_sample(velocity_fn, noise, num_steps, shift=1.0, reference=None, level=None):
     """Integrates dx/dt = v from t = 1 (noise) to t = 0 (data) with Euler steps on
     `sampling_schedule(num_steps, shift)`. Rectified-flow paths are nearly straight, so
     few steps go a long way; for the exact velocity of one x0 a single step is exact.
 
     `shift` is a number, or f32 (B, L): each token's own shift, so packed samples of
     different sizes each follow the grid their training t was shifted with.
-    Tokens in `cond_mask` (bool (B, L)) are held at `cond_x0` (B, L, P) and shown to the
-    model with t = 0 at every step: the per-token t that image-to-video, extension and
-    loops rely on. The loop is one `lax.fori_loop`, so velocity_fn is traced once whatever
-    num_steps is (a Python int, static under jit). Returns x0 (B, L, P).
+
+    Every prompting mode is a choice of each token's generation level c (`level`, f32 (B, L)
+    in [0, 1]) and `reference` x_ref (B, L, P): c = 1 generates the token, c = 0 gives it
+    (it stays exactly x_ref), and between is a soft condition or the SDEdit strength. The
+    solve starts from x = c·ε + (1 − c)·x_ref; from t_k to t_k+1 the model sees
+    τ = min(t_k, c) and x moves by (min(t_k+1, c) − τ)·v, so a token waits at its level
+    until the grid passes below it. A token that does not move this step is left bitwise as
+    it was, whatever the model says about it. Without `level` every token is generated. The
+    loop is one `lax.fori_loop`, so velocity_fn is traced once whatever num_steps is (a
+    Python int, static under jit). Returns x0 (B, L, P).
     """
     check_static_count("num_steps", num_steps)
     if noise.ndim != 3:
         raise ValueError(f"noise must have shape (B, L, P), got {noise.shape}.")
-    if (cond_x0 is None) != (cond_mask is None):
-        raise ValueError("cond_x0 and cond_mask must be given together, or neither.")
-    if cond_mask is None:
-        cond_mask = jnp.zeros(noise.shape[:2], bool)
-        cond_x0 = jnp.zeros_like(noise)
-    if cond_x0.shape != noise.shape or cond_mask.shape != noise.shape[:2]:
+    if (reference is None) != (level is None):
+        raise ValueError("reference and level must be given together, or neither.")
+    if level is None:
+        level = jnp.ones(noise.shape[:2], jnp.float32)
+        reference = jnp.zeros_like(noise)
+    if reference.shape != noise.shape or level.shape != noise.shape[:2]:
         raise ValueError(
-            f"cond_x0 must have shape {noise.shape} and cond_mask {noise.shape[:2]}, "
-            f"got {cond_x0.shape} and {cond_mask.shape}."
+            f"reference must have shape {noise.shape} and level {noise.shape[:2]}, "
+            f"got {reference.shape} and {level.shape}."
         )
-    if jnp.ndim(shift) not in (0, 2) or (jnp.ndim(shift) == 2 and shift.shape != cond_mask.shape):
-        raise ValueError(f"shift must be a number or (B, L) {cond_mask.shape}, got {shift!r}")
+    if jnp.ndim(shift) not in (0, 2) or (jnp.ndim(shift) == 2 and shift.shape != level.shape):
+        raise ValueError(f"shift must be a number or (B, L) {level.shape}, got {shift!r}")
 
     grid = jnp.linspace(1.0, 0.0, num_steps + 1)  # (num_steps + 1,) before the shift
-    shift = jnp.broadcast_to(jnp.asarray(shift, jnp.float32), cond_mask.shape)  # (B, L)
-    hold = cond_mask[..., None]  # (B, L, 1)
-    x_start = jnp.where(hold, cond_x0.astype(noise.dtype), noise)  # (B, L, P)
+    shift = jnp.broadcast_to(jnp.asarray(shift, jnp.float32), level.shape)  # (B, L)
+    level = jnp.clip(level.astype(jnp.float32), 0.0, 1.0)  # (B, L)
+    c = level[..., None].astype(noise.dtype)  # (B, L, 1)
+    x_start = c * noise + (1 - c) * reference.astype(noise.dtype)  # (B, L, P)
 
     def euler_step(step, x):
-        t_now = shift_timesteps(grid[step], shift)  # (B, L)
-        t_next = shift_timesteps(grid[step + 1], shift)  # (B, L)
-        velocity = velocity_fn(x, jnp.where(cond_mask, 0.0, t_now)).astype(x.dtype)  # (B, L, P)
-        x = x + (t_next - t_now)[..., None].astype(x.dtype) * velocity  # (B, L, P)
-        # Re-clamp every step: whatever the model says about given tokens is discarded.
-        return jnp.where(hold, x_start, x)
+        t_now = jnp.minimum(shift_timesteps(grid[step], shift), level)  # (B, L)
+        t_next = jnp.minimum(shift_timesteps(grid[step + 1], shift), level)  # (B, L)
+        velocity = velocity_fn(x, t_now).astype(x.dtype)  # (B, L, P)
+        dt = (t_next - t_now)[..., None].astype(x.dtype)  # (B, L, 1)
+        # A token with dt = 0 (given, or waiting at its level) keeps its bits even if the
+        # model's velocity there were not finite.
+        return jnp.where(dt != 0, x + dt * velocity, x)
 
     return jax.lax.fori_loop(0, num_steps, euler_step, x_start)
 
@@ -88,5 +96,33 @@ def cfg_velocity_batched(fn_both, scale):
         ).astype(jnp.float32)  # (2B, L, P)
         v_cond, v_uncond = v_both[:batch], v_both[batch:]  # (B, L, P) each
         return v_uncond + scale * (v_cond - v_uncond)
+
+    return velocity_fn
+
+
+def dual_guidance_batched(fn_three, text_scale, visual_scale, visual, noise):
+    """Guidance on text and on a visual condition with one model call on a tripled batch
+    (InstructPix2Pix, Open-Sora 1.3/2.0):
+
+        v = v_none + visual_scale·(v_visual − v_none) + text_scale·(v_full − v_visual)
+
+    `fn_three(x (3B, L, P), t (3B, L)) -> v (3B, L, P)` must treat rows [0, B) with text,
+    [B, 2B) with the null text and [2B, 3B) with the null text; the caller arranges that.
+    The visual condition (`visual`, bool (B, L): the given and soft-condition tokens) is kept
+    in the first two thirds and dropped in the last, by showing those tokens at t = 1 as the
+    fixed `noise` (B, L, P), as training drops it. Returns velocity_fn (B rows in, B out).
+    """
+    hide = visual[..., None]  # (B, L, 1)
+
+    def velocity_fn(x_t, t):
+        batch = x_t.shape[0]
+        x_dropped = jnp.where(hide, noise.astype(x_t.dtype), x_t)  # (B, L, P)
+        t_dropped = jnp.where(visual, 1.0, t)  # (B, L)
+        v_all = fn_three(
+            jnp.concatenate([x_t, x_t, x_dropped], axis=0),
+            jnp.concatenate([t, t, t_dropped], axis=0),
+        ).astype(jnp.float32)  # (3B, L, P)
+        v_full, v_visual, v_none = v_all[:batch], v_all[batch : 2 * batch], v_all[2 * batch :]
+        return v_none + visual_scale * (v_visual - v_none) + text_scale * (v_full - v_visual)
 
     return velocity_fn

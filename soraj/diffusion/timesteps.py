@@ -100,13 +100,16 @@ def per_segment_timesteps(
     base_shift=1.0,
     max_tokens=4096,
     max_shift=3.0,
+    cond_t=None,
 ):
     """One logit-normal t per (row, segment), broadcast to the segment's tokens.
 
     With `shift_by_tokens`, each segment's t is shifted by `resolution_shift` of its own
     token count (all its tokens, conditioning included: the count stands for its size);
     otherwise by the constant `shift`. Padding (segment id 0) and `cond_mask` tokens get
-    t = 0. Segment ids above `max_segments` are treated as padding.
+    t = 0; tokens with `cond_t` (f32 (B, L)) ≥ 0 get that t instead (the mask curriculum's
+    noised given frames and per-frame t; < 0 keeps the drawn t). Segment ids above
+    `max_segments` are treated as padding.
     Returns t: f32 (B, L).
     """
     check_static_count("max_segments", max_segments)
@@ -136,6 +139,11 @@ def per_segment_timesteps(
     t = jnp.sum(jnp.where(in_segment, t_segment[:, None, :], 0.0), axis=-1)  # (B, L)
     if cond_mask is not None:
         t = jnp.where(cond_mask, 0.0, t)  # (B, L)
+    if cond_t is not None:
+        if cond_t.shape != segment_ids.shape:
+            raise ValueError(f"cond_t must have shape {segment_ids.shape}, got {cond_t.shape}.")
+        own = (cond_t >= 0) & (segment_ids > 0) & (segment_ids <= max_segments)
+        t = jnp.where(own, cond_t, t)  # (B, L)
     return t
 
 

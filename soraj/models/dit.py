@@ -37,7 +37,7 @@ from soraj.models.layers import (
     modulate,
     rope_3d,
 )
-from soraj.models.modulation import block_modulation
+from soraj.models.modulation import block_modulation, check_timestep_slots, timestep_slots
 
 
 def _dense(features: int, axes: tuple[str, str], dtype, zero: bool = False, name=None):
@@ -221,23 +221,7 @@ class DiT(nn.Module):
         if labels is not None:
             self._check_labels(labels)
         if cfg.modulation == "per_segment":
-            self._check_one_t_per_segment(t, segment_ids)
-
-    @staticmethod
-    def _check_one_t_per_segment(t, segment_ids):
-        # Only concrete inputs can be checked; under jit each sample's mean t is used.
-        if isinstance(t, jax.core.Tracer) or isinstance(segment_ids, jax.core.Tracer):
-            return
-        t, segment_ids = np.asarray(t), np.asarray(segment_ids)
-        for b in range(segment_ids.shape[0]):
-            for segment in np.unique(segment_ids[b][segment_ids[b] > 0]):
-                values = t[b][segment_ids[b] == segment]
-                if values.min() != values.max():
-                    raise ValueError(
-                        f"modulation='per_segment' takes one t per sample, but segment {segment} "
-                        f"of row {b} has t from {values.min():.4g} to {values.max():.4g}; "
-                        "per-token timesteps need modulation='single' or 'per_token'"
-                    )
+            check_timestep_slots(t, segment_ids, cfg.timesteps_per_sample)
 
     def _check_labels(self, labels):
         num_classes = self.config.num_classes
@@ -315,15 +299,15 @@ class DiT(nn.Module):
 
         # ---- adaLN conditioning c = timestep embedding + the sample's caption or label ----
         # Per segment, so each token is conditioned on its own caption or label only.
-        segment_index = jnp.clip(segment_ids - 1, 0, S - 1)  # (B, L)
         if cfg.modulation == "per_segment":
-            # One t per sample: the mean over its tokens, which all carry the same t here.
-            in_segment = segment_ids[..., None] == jnp.arange(1, S + 1)  # (B, L, S)
-            tokens = jnp.maximum(in_segment.sum(axis=1), 1)  # (B, S)
-            segment_t = jnp.einsum("bl,bls->bs", t, in_segment.astype(t.dtype)) / tokens
-            c = t_embedder(segment_t).astype(jnp.float32) + segment_cond  # (B, S, D)
-            block_c = final_c = (c, segment_index)  # (B, S, D), (B, L)
+            # One c per (sample, distinct t) slot; blocks gather it per token (modulation.py).
+            K = cfg.timesteps_per_sample
+            slot_t, slot_index = timestep_slots(t, segment_ids, S, K)  # (B, S·K), (B, L)
+            c = t_embedder(slot_t).astype(jnp.float32)  # (B, S·K, D)
+            c = c + jnp.repeat(segment_cond, K, axis=1)  # (B, S·K, D)
+            block_c = final_c = (c, slot_index)
         else:
+            segment_index = jnp.clip(segment_ids - 1, 0, S - 1)  # (B, L)
             token_cond = jnp.take_along_axis(segment_cond, segment_index[..., None], axis=1)
             c = t_embedder(t).astype(jnp.float32)  # (B, L, D)
             c = c + jnp.where(is_real[..., None], token_cond, 0)  # (B, L, D)

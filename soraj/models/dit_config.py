@@ -11,8 +11,10 @@ CONDITIONINGS = ("text", "class")
 # How the blocks' adaLN shift/scale/gate values are computed from the conditioning c (see DiT):
 #   "single": one Dense(6D) per token shared by every block, plus a learned per-block table
 #             (PixArt-α's adaLN-single, as Wan and LTX-Video do); per-token timesteps work.
-#   "per_segment": each block's own Dense(6D), run once per sample (segment) on its c: the DiT
-#             paper's adaLN and parameter count; t must be the same on every token of a sample.
+#   "per_segment": each block's own Dense(6D), run once per (sample, distinct t) and gathered
+#             by each token: the DiT paper's adaLN and parameter count, the same function as
+#             "per_token", at no per-token matmul cost. A sample may carry up to
+#             timesteps_per_sample distinct t (its noise level and 0 on conditioning tokens).
 #   "per_token": each block's own Dense(6D) on every token's c: 6D² multiply-adds per token per
 #             block (about 30 % of a block's matmuls). Kept to reproduce earlier checkpoints
 #             and experiments, and as the baseline the others are compared with.
@@ -46,10 +48,13 @@ class DiTConfig:
     scan_blocks: bool = False
     remat: str = "none"
     modulation: str = "single"
+    timesteps_per_sample: int = 2  # slots of modulation="per_segment" (K)
 
     def __post_init__(self):
         if self.modulation not in MODULATIONS:
             raise ValueError(f"modulation={self.modulation!r}; allowed: {', '.join(MODULATIONS)}")
+        if self.timesteps_per_sample < 1:
+            raise ValueError(f"timesteps_per_sample must be >= 1, got {self.timesteps_per_sample}")
         if self.conditioning not in CONDITIONINGS:
             raise ValueError(
                 f"conditioning={self.conditioning!r}; allowed: {', '.join(CONDITIONINGS)}"
