@@ -98,13 +98,16 @@ def generate_parser() -> argparse.ArgumentParser:
     parser.add_argument("--guidance", type=float, default=4.0)
     parser.add_argument("--out", default="out/generate")
     from soraj.captions.expand_cli import add_expand_arguments
+    from soraj.generate_modes import add_mode_arguments
 
     add_expand_arguments(parser)
+    add_mode_arguments(parser)
     return parser
 
 
-def check_generate_args(args) -> None:
-    """Every check that needs no weights, so bad input fails before anything loads."""
+def check_generate_args(args):
+    """Every check that needs no weights, so bad input fails before anything loads. Returns
+    the prompting-mode request (generate_modes.ModeRequest), or None for text to video."""
     from soraj.captions.expand_cli import check_expand_args, check_prompt_length
     from soraj.generate import BundleGeometry, resolve_bundle
 
@@ -124,20 +127,27 @@ def check_generate_args(args) -> None:
     if not Path(args.checkpoint).exists():
         raise ValueError(f"--checkpoint {args.checkpoint} does not exist")
     bundle = resolve_bundle(args.checkpoint)
-    BundleGeometry.read(bundle).check(args.frames, args.height, args.width)
+    geometry = BundleGeometry.read(bundle)
+    geometry.check(args.frames, args.height, args.width)
     check_prompt_length(args.prompt, bundle, "prompt")
     check_expand_args(args)
+    from soraj.generate_modes import prepare_mode
+
+    latent_frames = (args.frames - 1) // geometry.temporal_factor + 1
+    return prepare_mode(args, geometry.temporal_factor, latent_frames)
 
 
 def run_generate(argv: list[str], demo_probe: bool = False):
     args = generate_parser().parse_args(argv)
     try:
-        check_generate_args(args)
+        request = check_generate_args(args)
         from soraj.captions.expand_cli import expand_for_generation
 
         expansion = expand_for_generation(args)
     except ValueError as error:
         sys.exit(f"soraj generate: error: {error}")
+    for note in request.notes if request else ():
+        print(note)
     from soraj.generate import Generator, generate_to_files
 
     generator = Generator.load(args.checkpoint)
@@ -151,18 +161,24 @@ def run_generate(argv: list[str], demo_probe: bool = False):
         revised_prompt=expansion.revised,
         expansion={"backend": expansion.backend, "ok": expansion.ok, "message": expansion.message},
     )
-    video, paths, seconds = generate_to_files(
-        generator,
-        expansion.revised,
-        Path(args.out),
-        args.frames,
-        args.height,
-        args.width,
-        args.seed,
-        args.steps,
-        args.guidance,
-        settings,
-    )
+    if request is None:
+        video, paths, seconds = generate_to_files(
+            generator,
+            expansion.revised,
+            Path(args.out),
+            args.frames,
+            args.height,
+            args.width,
+            args.seed,
+            args.steps,
+            args.guidance,
+            settings,
+        )
+    else:
+        from soraj.generate_modes import mode_to_files
+
+        settings["visual_guidance"] = args.visual_guidance
+        video, paths, seconds = mode_to_files(generator, request, expansion.revised, args, settings)
     print(f"generated {video.shape[0]}×{video.shape[1]}×{video.shape[2]} in {seconds:.1f} s")
     for kind, path in paths.items():
         print(f"wrote {kind}: {path}")

@@ -185,6 +185,49 @@ class Generator:
         latents = jax.vmap(unpatch)(tokens)  # (B, T', H', W', C)
         return np.asarray(jax.jit(self.codec.decode)(self.codec.params, latents))
 
+    def sample_window(self, prompt: str, plan, seed=0, steps=30, guidance=4.0, visual_guidance=1.0):
+        """One prompting-mode window (soraj.prompting.WindowPlan): (latents (T', H', W', C),
+        uint8 video (T, H, W, 3)). Given latents come out exactly as the plan gave them. With
+        a visual condition and visual_guidance ≠ 1 the guidance is dual (text and visual)."""
+        if self.dit.config.conditioning == "class":
+            raise ValueError("prompting modes need a text-conditional checkpoint")
+        patch = tuple(self.dit.config.patch_size)
+        latent_shape = plan.reference.shape  # (T', H', W', C)
+        grid = patching.grid_shape(latent_shape[:3], patch)
+        reference, _ = patching.patchify(jnp.asarray(plan.reference), patch)  # (N, P)
+        per_frame = np.broadcast_to(
+            np.stack([plan.level, plan.visual.astype(np.float32)], -1)[:, None, None],
+            (*latent_shape[:3], 2),
+        )  # (T', H', W', 2)
+        per_token, _ = patching.patchify(jnp.asarray(per_frame), patch)  # (N, pt·ph·pw·2)
+        per_token = np.asarray(per_token).reshape(per_token.shape[0], -1, 2)
+        if np.any(per_token != per_token[:, :1]):
+            raise ValueError(
+                f"given frames must fill whole temporal patches of {patch[0]} latent frames"
+            )
+        level, visual = per_token[:, 0, 0], per_token[:, 0, 1] > 0  # (N,), (N,)
+        text, text_mask = segment_inputs(self.text_encoder, [prompt])
+        null_text, null_mask = segment_inputs(self.text_encoder, [""])
+        conditioning = dict(
+            text=text, text_mask=text_mask, null_text=null_text[0, 0], null_mask=null_mask[0, 0]
+        )
+        num_tokens = int(np.prod(grid))
+        noise = request_noise(seed, 1, num_tokens, self.dit.config.patch_features)
+        rows = single_request_rows(
+            noise, grid, self.time_shift.for_tokens(num_tokens), conditioning
+        )
+        rows.update(reference=reference[None], level=jnp.asarray(level)[None])
+        scales = jnp.float32(guidance)
+        if visual.any() and visual_guidance != 1.0:
+            rows["visual"] = jnp.asarray(visual)[None]
+            scales = jnp.asarray([guidance, visual_guidance], jnp.float32)
+        tokens = self.sampler(
+            self.params, rows, scales, dit=self.dit, text_config=self.text_config, num_steps=steps
+        )
+        latents = patching.unpatchify(tokens[0], grid, patch, latent_shape[3])  # (T', H', W', C)
+        video = np.asarray(jax.jit(self.codec.decode)(self.codec.params, latents[None]))[0]
+        return np.asarray(latents), video
+
     def generate_many(
         self,
         prompts,
