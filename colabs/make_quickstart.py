@@ -84,4 +84,7 @@ nb.cells = [
     ),
 ]
 nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-nbf.write(nb, "colabs/quickstart.ipynb")
+INSTALL_CELL = nb.cells[1]  # shared with make_prompting_modes.py
+
+if __name__ == "__main__":
+    nbf.write(nb, "colabs/quickstart.ipynb")

@@ -53,3 +53,34 @@ def test_quickstart_runs(tmp_path):
     assert list((tmp_path / "colab" / "samples").glob("*.mp4"))
     last = notebook.cells[-1].outputs[0]["data"]["text/plain"]
     assert "'overall'" in last
+
+
+PROMPTING_MODES = NOTEBOOK.parent / "prompting_modes.ipynb"
+FEW_STEPS = """
+CHECKPOINT = 'experiments/shapes/checkpoint'
+STEPS, GUIDANCE, VISUAL_GUIDANCE = 2, 4.0, 1.0
+WORKDIR = {workdir!r}
+PROMPT = 'A large red circle moves to the right. The background is black.'
+"""
+
+
+def test_prompting_modes_notebook_runs_every_mode(tmp_path):
+    notebook = nbformat.read(PROMPTING_MODES, as_version=4)
+    parameters = [c for c in notebook.cells if "parameters" in c.metadata.get("tags", [])]
+    assert len(parameters) == 1, "the notebook needs exactly one cell tagged 'parameters'"
+    parameters[0].source = FEW_STEPS.format(workdir=str(tmp_path / "modes"))
+    client = NotebookClient(
+        notebook,
+        timeout=600,
+        kernel_name="python3",
+        resources={"metadata": {"path": str(NOTEBOOK.parent.parent)}},
+    )
+    client.execute()
+    outputs = [o for cell in notebook.cells for o in cell.get("outputs", [])]
+    assert not [o for o in outputs if o.output_type == "error"]
+    printed = "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
+    for mode in ("image", "extend_forward", "extend_backward", "connect", "text", "edit"):
+        assert f"{mode} " in printed, mode
+    assert printed.count("given latents kept exactly: True") == 7
+    last = notebook.cells[-1].outputs[0]["data"]["text/plain"]
+    assert "'loop'" in last and "'edit'" in last
