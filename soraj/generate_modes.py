@@ -143,6 +143,8 @@ def prepare_mode(args, ft: int, latent_frames: int) -> ModeRequest | None:
         video = _read(args.video, "--video", height, width, request)
         if len(video) < given:
             raise ValueError(f"--video has {len(video)} frames, fewer than --given-frames {given}")
+        end = "last" if forward else "first"
+        request.notes.append(f"--video: its {end} {given} frames are given to the window")
         request.videos, request.given = [video], given
         request.inputs = {"video": args.video, "extend": args.extend, "given_frames": given}
     elif args.connect:
@@ -164,6 +166,8 @@ def prepare_mode(args, ft: int, latent_frames: int) -> ModeRequest | None:
         video = _read(args.edit, "--edit", height, width, request)
         if len(video) < frames:
             raise ValueError(f"--edit {args.edit} has {len(video)} frames, fewer than {frames}")
+        if len(video) > frames:
+            request.notes.append(f"--edit: its first {frames} of {len(video)} frames are edited")
         request.videos = [video]
         request.inputs = {"edit": args.edit, "strength": request.strength}
     if args.loop:
