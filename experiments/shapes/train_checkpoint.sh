@@ -19,10 +19,10 @@ fi
 $SORAJ train --config=soraj/configs/t2v.py:tiny --config.vae_checkpoint=$VAE \
   --config.text.max_tokens=32 --workdir=$RUNS/dit_masks
 
-# The export bundle (EMA params in bfloat16, dit/ + vae/) is what ships. The VAE export is
-# copied from the run's bundle, which points at the VAE it trained with.
-NEW=$(mktemp -d)
-cp -r $RUNS/dit_masks/export/. "$NEW"
-rm -rf experiments/shapes/checkpoint
-mv "$NEW" experiments/shapes/checkpoint
-du -sh experiments/shapes/checkpoint
+# The export bundle (EMA params in bfloat16, dit/ + the vae/ it trained with) is what ships;
+# the checkpoint folder's captioner/ (experiments/captioner) stays as it is.
+for part in dit vae; do
+  rm -rf experiments/shapes/checkpoint/$part
+  cp -r $RUNS/dit_masks/export/$part experiments/shapes/checkpoint/$part
+done
+du -sh experiments/shapes/checkpoint/*
