@@ -150,6 +150,14 @@ class Generator:
             return cls(codec, dit, params, text_config, None, classes, time_shift)
         return cls(codec, dit, params, text_config, text_config.host_encoder(), (), time_shift)
 
+    def text_conditioning(self, prompts) -> dict:
+        """single_request_rows' text inputs for one prompt per row, and the null text."""
+        text, text_mask = segment_inputs(self.text_encoder, prompts)  # (B, 1, M, E), (B, 1, M)
+        null_text, null_mask = segment_inputs(self.text_encoder, [""])
+        return dict(
+            text=text, text_mask=text_mask, null_text=null_text[0, 0], null_mask=null_mask[0, 0]
+        )
+
     def __call__(self, prompts, frames, height, width, seed=0, steps=30, guidance=4.0):
         """uint8 videos (B, frames, height, width, 3), one per prompt (a class-conditional
         model takes class names or indices as prompts)."""
@@ -158,11 +166,7 @@ class Generator:
         if self.dit.config.conditioning == "class":
             conditioning = {"labels": class_labels(self.class_names, prompts)}  # (B, 1)
         else:
-            text, text_mask = segment_inputs(self.text_encoder, prompts)
-            null_text, null_mask = segment_inputs(self.text_encoder, [""])
-            conditioning = dict(
-                text=text, text_mask=text_mask, null_text=null_text[0, 0], null_mask=null_mask[0, 0]
-            )
+            conditioning = self.text_conditioning(prompts)
         num_tokens = int(np.prod(grid))
         noise = request_noise(seed, len(prompts), num_tokens, self.dit.config.patch_features)
         rows = single_request_rows(
@@ -206,11 +210,7 @@ class Generator:
                 f"given frames must fill whole temporal patches of {patch[0]} latent frames"
             )
         level, visual = per_token[:, 0, 0], per_token[:, 0, 1] > 0  # (N,), (N,)
-        text, text_mask = segment_inputs(self.text_encoder, [prompt])
-        null_text, null_mask = segment_inputs(self.text_encoder, [""])
-        conditioning = dict(
-            text=text, text_mask=text_mask, null_text=null_text[0, 0], null_mask=null_mask[0, 0]
-        )
+        conditioning = self.text_conditioning([prompt])
         num_tokens = int(np.prod(grid))
         noise = request_noise(seed, 1, num_tokens, self.dit.config.patch_features)
         rows = single_request_rows(

@@ -16,7 +16,7 @@ from soraj.prompting import PlanBuilder, bridge_given, default_given_frames, fit
 class ModeRequest:
     """A checked prompting-mode request, its inputs already read and fitted to the window."""
 
-    mode: str  # a prompting.MODES entry
+    mode: str  # text, image, extend_forward, extend_backward, connect or edit
     images: list = dataclasses.field(default_factory=list)  # [(uint8 (H, W, 3), pixel frame)]
     videos: list = dataclasses.field(default_factory=list)  # uint8 (T, H, W, 3) each
     given: int = 0  # --given-frames of an extension

@@ -24,9 +24,6 @@ import dataclasses
 import numpy as np
 from PIL import Image
 
-MODES = ("text", "image", "extend_forward", "extend_backward", "connect", "loop", "edit")
-
-
 # ---- Inputs ----------------------------------------------------------------------------------
 
 

@@ -34,11 +34,13 @@ _vae.get_config = _small_vae
 """
 
 
-def test_quickstart_runs(tmp_path):
-    notebook = nbformat.read(NOTEBOOK, as_version=4)
+def run_notebook(path: Path, settings: str):
+    """Runs a notebook headless from the repository root with its one 'parameters' cell
+    replaced by `settings`; returns the executed notebook and all its outputs, none an error."""
+    notebook = nbformat.read(path, as_version=4)
     parameters = [c for c in notebook.cells if "parameters" in c.metadata.get("tags", [])]
     assert len(parameters) == 1, "the notebook needs exactly one cell tagged 'parameters'"
-    parameters[0].source = TINY_SETTINGS.format(workdir=str(tmp_path / "colab"))
+    parameters[0].source = settings
     client = NotebookClient(
         notebook,
         timeout=600,
@@ -48,6 +50,13 @@ def test_quickstart_runs(tmp_path):
     client.execute()
     outputs = [o for cell in notebook.cells for o in cell.get("outputs", [])]
     assert not [o for o in outputs if o.output_type == "error"]
+    return notebook, outputs
+
+
+def test_quickstart_runs(tmp_path):
+    notebook, outputs = run_notebook(
+        NOTEBOOK, TINY_SETTINGS.format(workdir=str(tmp_path / "colab"))
+    )
     html = "".join(str(o.get("data", {}).get("text/html", "")) for o in outputs)
     assert "<img" in html  # mediapy showed the video inline
     assert list((tmp_path / "colab" / "samples").glob("*.mp4"))
@@ -65,19 +74,9 @@ PROMPT = 'A large red circle moves to the right. The background is black.'
 
 
 def test_prompting_modes_notebook_runs_every_mode(tmp_path):
-    notebook = nbformat.read(PROMPTING_MODES, as_version=4)
-    parameters = [c for c in notebook.cells if "parameters" in c.metadata.get("tags", [])]
-    assert len(parameters) == 1, "the notebook needs exactly one cell tagged 'parameters'"
-    parameters[0].source = FEW_STEPS.format(workdir=str(tmp_path / "modes"))
-    client = NotebookClient(
-        notebook,
-        timeout=600,
-        kernel_name="python3",
-        resources={"metadata": {"path": str(NOTEBOOK.parent.parent)}},
+    notebook, outputs = run_notebook(
+        PROMPTING_MODES, FEW_STEPS.format(workdir=str(tmp_path / "modes"))
     )
-    client.execute()
-    outputs = [o for cell in notebook.cells for o in cell.get("outputs", [])]
-    assert not [o for o in outputs if o.output_type == "error"]
     printed = "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
     for mode in ("image", "extend_forward", "extend_backward", "connect", "text", "edit"):
         assert f"{mode} " in printed, mode
