@@ -6,7 +6,7 @@ PROMPT ?= A large red circle moves to the right. A small blue square stays still
 OUT ?= out/demo
 EXPAND ?= none
 
-.PHONY: demo test lint venv
+.PHONY: demo demo-quick test lint venv
 
 $(VENV)/.installed: requirements.txt requirements-nodeps.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -21,6 +21,11 @@ venv: $(VENV)/.installed
 
 demo: $(VENV)/.installed
 	$(PY) -m soraj demo --prompt "$(PROMPT)" --out $(OUT) --expand $(EXPAND)
+
+# The demo without the shipped checkpoint: trains a quick one into $(OUT)/quick_checkpoint first
+# (about 15 minutes on 2 CPU cores), then generates from it.
+demo-quick: $(VENV)/.installed
+	$(PY) -m soraj demo --train-quick-checkpoint --prompt "$(PROMPT)" --out $(OUT) --expand $(EXPAND)
 
 test: $(VENV)/.installed
 	JAX_PLATFORMS=cpu $(PY) -m pytest tests -q -n 2  # two workers: most tests wait on XLA compiles or subprocesses

@@ -35,7 +35,7 @@ nb.cells = [
         "from PIL import Image\n"
         "if shutil.which('ffmpeg') is None:  # mediapy encodes with ffmpeg; imageio-ffmpeg ships one\n"
         "    mediapy.set_ffmpeg(imageio_ffmpeg.get_ffmpeg_exe())\n"
-        "from soraj.data.shapes import ShapeObject, ShapesScene, render_tracks\n"
+        "from soraj.data.shapes import FPS, ShapeObject, ShapesScene, render_tracks\n"
         "from soraj.data.video_io import write_mp4\n\n"
         "inputs = Path(WORKDIR) / 'inputs'\n"
         "inputs.mkdir(parents=True, exist_ok=True)\n"
@@ -43,30 +43,32 @@ nb.cells = [
         "track = np.stack([np.full(21, 16.0), np.linspace(6.0, 26.0, 21)], -1)[None]  # (1, T, 2)\n"
         "clip = render_tracks(scene, track, 32, 32)\n"
         "paths = {\n"
-        "    'first': write_mp4(inputs / 'first.mp4', clip[:9]),\n"
-        "    'second': write_mp4(inputs / 'second.mp4', clip[12:]),\n"
+        "    'first': write_mp4(inputs / 'first.mp4', clip[:9], FPS),\n"
+        "    'second': write_mp4(inputs / 'second.mp4', clip[12:], FPS),\n"
         "    'image': str(inputs / 'frame0.png'),\n"
         "}\n"
         "Image.fromarray(clip[0]).save(paths['image'])\n"
-        "mediapy.show_video(clip, fps=8, width=192)"
+        "mediapy.show_video(clip, fps=FPS, width=192)"
     ),
     code(
-        "from soraj.cli import check_generate_args, generate_parser\n"
+        "from soraj.cli import generate_parser\n"
         "from soraj.generate import Generator\n"
-        "from soraj.generate_modes import run_mode\n\n"
+        "from soraj.generate_modes import run_mode\n"
+        "from soraj.generate_request import GenerateRequest, check_request\n\n"
         "generator = Generator.load(CHECKPOINT)\n\n"
         "def generate(*flags, prompt=PROMPT):\n"
         "    '''What `soraj generate --prompt PROMPT FLAGS` makes, shown inline.'''\n"
         "    args = generate_parser().parse_args(\n"
         "        ['--checkpoint', CHECKPOINT, '--prompt', prompt, '--steps', str(STEPS),\n"
         "         '--guidance', str(GUIDANCE), '--visual-guidance', str(VISUAL_GUIDANCE), *flags])\n"
-        "    request = check_generate_args(args)  # inputs read, fitted and checked\n"
+        "    checked = check_request(GenerateRequest.from_args(args))  # inputs read, fitted, checked\n"
         "    shape = (args.frames, args.height, args.width)\n"
-        "    video, info = run_mode(generator, request, prompt, shape, args.seed, args.steps,\n"
+        "    video, info = run_mode(generator, checked.mode, prompt, shape, args.seed, args.steps,\n"
         "                           args.guidance, args.visual_guidance)\n"
         "    print(info['mode'], f'{len(video)} frames; given latents kept exactly:',\n"
         "          info['given_latent_max_error'] == 0.0)\n"
-        "    mediapy.show_video(video, fps=8, width=192)\n"
+        "    info['fps'] = checked.fps  # the rate the model was trained on\n"
+        "    mediapy.show_video(video, fps=info['fps'], width=192)\n"
         "    return video, info"
     ),
     md("## Image to video\n\n`--image frame0.png` (the image at frame 0), then `@4` for frame 4."),
@@ -80,7 +82,8 @@ nb.cells = [
     md("## A seamless loop\n\n`--loop`: the video, then a bridge from its end back to its start."),
     code(
         "results['loop'] = generate('--loop')\n"
-        "mediapy.show_video(np.concatenate([results['loop'][0]] * 3), fps=8, width=192)  # 3 cycles"
+        "video, info = results['loop']\n"
+        "mediapy.show_video(np.concatenate([video] * 3), fps=info['fps'], width=192)  # 3 cycles"
     ),
     md("## Edit a video (SDEdit)\n\n`--edit first.mp4 --strength 0.7` with a new prompt."),
     code(

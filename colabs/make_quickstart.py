@@ -64,14 +64,15 @@ nb.cells = [
     ),
     md("## Generate"),
     code(
-        "from soraj.generate import Generator, generate_to_files\n\n"
-        "generator = Generator.load(checkpoint)\n"
-        "settings = dict(prompt=PROMPT, checkpoint=str(checkpoint), frames=FRAMES, height=HEIGHT,\n"
-        "                width=WIDTH, seed=0, steps=SAMPLING_STEPS, guidance=GUIDANCE)\n"
-        "video, paths, seconds = generate_to_files(generator, PROMPT, Path(WORKDIR) / 'samples', FRAMES,\n"
-        "                                          HEIGHT, WIDTH, 0, SAMPLING_STEPS, GUIDANCE, settings)\n"
-        "print(f'{seconds:.1f} s; wrote', paths)\n"
-        "mediapy.show_video(video.repeat(8, axis=1).repeat(8, axis=2), fps=8, codec='gif')"
+        "# What `soraj generate` does: every input checked before the weights load, then sampled\n"
+        "# and written (mp4, gif, json) at the frame rate the model was trained on.\n"
+        "from soraj.generate_request import GenerateRequest, generate\n\n"
+        "request = GenerateRequest(PROMPT, str(checkpoint), frames=FRAMES, height=HEIGHT, width=WIDTH,\n"
+        "                          steps=SAMPLING_STEPS, guidance=GUIDANCE,\n"
+        "                          out=str(Path(WORKDIR) / 'samples'))\n"
+        "generated = generate(request)\n"
+        "video = generated.video\n"
+        "mediapy.show_video(video.repeat(8, axis=1).repeat(8, axis=2), fps=generated.fps, codec='gif')"
     ),
     md(
         "## Score it with the shapes probe\n\nThe probe finds each object the caption names "

@@ -1,80 +1,25 @@
-"""Orbax checkpoints: the training manager (state + data + metadata) and exported params."""
+"""Orbax training checkpoints: the manager of each step's state, data iterator position and
+metadata. Exports, the inference folders, are soraj/exports.py's."""
 
 import json
 import os
-import shutil
 import subprocess
 from pathlib import Path
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers
 
-EXPORT_CONFIG = "config.json"
-EXPORT_PARAMS = "params"
+from soraj.stored_trees import check_tree_matches, key_name
+
 # What one training step stores: the TrainState arrays, the data iterator position (JSON) and
 # the run's description (JSON). A step missing any of them is refused, never partly loaded.
 TRAINING_ITEMS = ("state", "data", "metadata")
 
 
-# ---- Checking what is stored against what is expected ---------------------------------------
-# Orbax restores whatever shapes were saved, whatever the target says, and casts dtypes, so a
-# checkpoint from a different model would load "successfully". Every restore compares first.
-
-
-def _key_name(key) -> str:
-    for attribute in ("key", "name", "idx"):
-        if hasattr(key, attribute):
-            return str(getattr(key, attribute))
-    return str(key)
-
-
-def _stored_signature(leaf) -> tuple[tuple, str]:
-    # Typed PRNG keys are stored as their raw key data, which has trailing key dimensions.
-    if jax.dtypes.issubdtype(getattr(leaf, "dtype", None), jax.dtypes.prng_key):
-        data = jax.eval_shape(jax.random.key_data, leaf)
-        return tuple(data.shape), jnp.dtype(data.dtype).name
-    return tuple(leaf.shape), jnp.dtype(leaf.dtype).name
-
-
-def _signatures_by_path(tree) -> dict[str, tuple]:
-    leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
-    return {"/".join(_key_name(k) for k in path): _stored_signature(leaf) for path, leaf in leaves}
-
-
-def tree_differences(stored, expected) -> list[str]:
-    """Human-readable differences between two trees of shaped leaves (empty: they match)."""
-    stored, expected = _signatures_by_path(stored), _signatures_by_path(expected)
-    differences = [
-        f"missing {path} {shape}" for path, (shape, _) in expected.items() if path not in stored
-    ]
-    differences += [
-        f"unexpected {path} {shape}" for path, (shape, _) in stored.items() if path not in expected
-    ]
-    differences += [
-        f"{path}: stored {stored[path][0]}, expected {shape}"
-        for path, (shape, _) in expected.items()
-        if path in stored and stored[path][0] != shape
-    ]
-    differences += [
-        f"{path}: stored dtype {stored[path][1]}, expected {dtype}"
-        for path, (_, dtype) in expected.items()
-        if path in stored and stored[path][1] != dtype
-    ]
-    return differences
-
-
-def check_tree_matches(stored, expected, where) -> None:
-    differences = tree_differences(stored, expected)
-    if differences:
-        listed = "; ".join(differences[:8]) + (" ..." if len(differences) > 8 else "")
-        raise ValueError(
-            f"checkpoint {where} does not match the model this config describes "
-            f"({len(differences)} differences): {listed}"
-        )
+# ---- Checking a state before it is saved ----------------------------------------------------
 
 
 def _is_float(leaf) -> bool:
@@ -90,7 +35,7 @@ def _all_finite(leaves):  # one bool per leaf, in one dispatch however many leav
 def check_finite(state, step: int) -> None:
     """Raises FloatingPointError naming the first float leaf holding a NaN or Inf."""
     named = [
-        ("/".join(_key_name(k) for k in path), leaf)
+        ("/".join(key_name(k) for k in path), leaf)
         for path, leaf in jax.tree_util.tree_flatten_with_path(state)[0]
         if _is_float(leaf)
     ]
@@ -177,7 +122,7 @@ def _placed(abstract_state):
     use the sharding stored in the checkpoint, which names devices of the saving run."""
 
     def place(path, leaf):
-        name = "/".join(_key_name(k) for k in path)
+        name = "/".join(key_name(k) for k in path)
         sharding = getattr(leaf, "sharding", None)
         if sharding is None:
             if jax.process_count() > 1:
@@ -287,76 +232,3 @@ def code_version() -> str:
         return out.stdout.strip() or "unknown"
     except (OSError, subprocess.SubprocessError):
         return "unknown"
-
-
-# ---- Exported (inference) checkpoints -------------------------------------------------------
-# An export is a folder with config.json (what is needed to rebuild the model) and params/ (an
-# orbax PyTree). Exports are written to a temporary folder and swapped in, so a crash mid-write
-# never leaves a half-written export where a good one was.
-
-
-def export_params(directory: str | os.PathLike, params, config: dict, dtype=jnp.bfloat16) -> Path:
-    directory = Path(directory).absolute()
-    staging = directory.with_name(directory.name + ".tmp")
-    if staging.exists():
-        shutil.rmtree(staging)
-    staging.mkdir(parents=True)
-    # Host arrays (ml_dtypes casts round to nearest even, as XLA's convert does).
-    params = jax.tree.map(lambda p: np.asarray(p).astype(dtype), params)
-    config = dict(config, param_dtype=jnp.dtype(dtype).name)
-    # The calling process writes alone: with several processes only process 0 exports, and
-    # orbax's default would wait at a barrier for the others.
-    this_process = ocp.options.MultiprocessingOptions(
-        primary_host=jax.process_index(), active_processes={jax.process_index()}
-    )
-    with ocp.StandardCheckpointer(multiprocessing_options=this_process) as checkpointer:
-        checkpointer.save(staging / EXPORT_PARAMS, params)
-    (staging / EXPORT_CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True))
-    previous = directory.with_name(directory.name + ".old")
-    if directory.exists():
-        os.replace(directory, previous)
-    os.replace(staging, directory)
-    if previous.exists():
-        shutil.rmtree(previous)
-    return directory
-
-
-def is_export(directory: str | os.PathLike) -> bool:
-    directory = Path(directory)
-    return (directory / EXPORT_CONFIG).is_file() and (directory / EXPORT_PARAMS).is_dir()
-
-
-def load_export_config(directory: str | os.PathLike) -> dict:
-    directory = Path(directory)
-    if not is_export(directory):
-        raise ValueError(
-            f"{directory} is not an exported checkpoint: it needs {EXPORT_CONFIG} and "
-            f"{EXPORT_PARAMS}/ (written by `soraj train` / `soraj train-vae`)"
-        )
-    return json.loads((directory / EXPORT_CONFIG).read_text())
-
-
-def load_export(directory: str | os.PathLike, abstract_params) -> tuple:
-    """Returns (float32 plain params shaped like abstract_params, config dict).
-
-    abstract_params may hold flax `nn.Partitioned` boxes (jax.eval_shape of a model's init).
-    Exports store plain arrays; exports written before the trainers unboxed their state
-    store each annotated param boxed (its array under ".../value"), and load the same."""
-    config = load_export_config(directory)
-    stored_dtype = jnp.dtype(config.get("param_dtype", "float32"))
-    path = Path(directory).absolute() / EXPORT_PARAMS
-    layouts = (nn.unbox(abstract_params), abstract_params)  # current, then boxed
-
-    def as_stored(tree):
-        return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, stored_dtype), tree)
-
-    with ocp.StandardCheckpointer() as checkpointer:
-        stored_tree = checkpointer.metadata(path).item_metadata.tree
-        target = next(
-            (as_stored(t) for t in layouts if not tree_differences(stored_tree, as_stored(t))),
-            None,
-        )
-        if target is None:
-            check_tree_matches(stored_tree, as_stored(layouts[0]), path)  # raises, naming them
-        params = nn.unbox(checkpointer.restore(path, target))
-    return jax.tree.map(lambda p: jnp.asarray(p, jnp.float32), params), config

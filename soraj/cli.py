@@ -24,7 +24,7 @@ USAGE = f"""usage: soraj COMMAND [options]
 
 commands:
   generate      prompt → mp4 + gif + json from a checkpoint
-  demo          generate from the shipped Shapes checkpoint (trains a quick one if missing)
+  demo          generate from the shipped Shapes checkpoint (--train-quick-checkpoint: train one)
   train         train the DiT: --config=soraj/configs/t2v.py:tiny --workdir=DIR [--config.x=...]
   train-vae     train the VAE: --config=soraj/configs/vae.py:tiny --workdir=DIR [--config.x=...]
   make-dataset  write a dataset as TFDS ArrayRecord (shapes)
@@ -44,6 +44,9 @@ commands:
 
 
 def run_trainer(command: str, argv: list[str]):
+    """A training command: absl flags and an ml_collections config. Bad input (a flag, a config
+    value, a path) ends in one line on stderr and exit code 2, before the first step; an error
+    raised once steps run keeps its traceback, as an internal bug should."""
     from absl import app, flags, logging
     from ml_collections import config_flags
 
@@ -54,33 +57,65 @@ def run_trainer(command: str, argv: list[str]):
         "train-captioner": "captioner",
     }
     default = f"soraj/configs/{defaults[command]}.py"
-    config_flags.DEFINE_config_file(
-        "config", default, "training config file[:arg]", lock_config=True
-    )
-    flags.DEFINE_string("workdir", None, "where checkpoints, metrics and samples go", required=True)
+
+    def refuse(message: str):
+        print(f"soraj {command}: error: {message}", file=sys.stderr)
+        sys.exit(2)  # a usage error (soraj/distributed.py lists the exit codes)
+
+    def flag_error_line(error: BaseException) -> str:
+        """absl and ml_collections fold the config file's traceback into their message, and
+        report --config.x for a field the config lacks as KeyError("'x'", with a "Did you mean"
+        line when one is close) inside an AttributeError: the error they came from, one line."""
+        chain = [error]
+        while chain[-1].__cause__ or chain[-1].__context__:
+            chain.append(chain[-1].__cause__ or chain[-1].__context__)
+        unknown = [e.args[0] for e in chain if isinstance(e, KeyError) and e.args]
+        if unknown:
+            return "unknown config field " + str(unknown[0]).strip().replace("\n", "; ")
+        text = str(error).strip()
+        return text if "\n" not in text else str(chain[-1]).strip().splitlines()[-1].strip()
+
+    def parse_flags(args: list[str]) -> list[str]:
+        try:
+            # Defined here because ml_collections parses the default config file, with the
+            # --config.x overrides of args, as soon as the flag is defined.
+            config_flags.DEFINE_config_file(
+                "config", default, "training config file[:arg]", lock_config=True, sys_argv=args
+            )
+            flags.DEFINE_string(
+                "workdir", None, "where checkpoints, metrics and samples go", required=True
+            )
+            rest = flags.FLAGS(args)
+            flags.FLAGS.config.keys()  # a config file that failed to load raises only when read
+        except (flags.Error, OSError, AttributeError, KeyError) as error:
+            refuse(flag_error_line(error))
+        return rest
 
     def main(_):
         logging.set_verbosity(logging.WARNING)  # orbax logs every file it writes at INFO
-        if command == "train-expander":  # one process, one CPU: no distributed set-up
+        config, workdir = flags.FLAGS.config, flags.FLAGS.workdir
+        if command == "train-expander":  # one process, one CPU, no checkpoints: no step loop
             from soraj.captions.train_expander import train_and_evaluate
 
-            train_and_evaluate(flags.FLAGS.config, flags.FLAGS.workdir)
-            return  # app.run exits with whatever main returns
-        if command == "train-captioner":  # one process, one device
-            from soraj.captions.train_captioner import train_and_evaluate
-
-            train_and_evaluate(flags.FLAGS.config, flags.FLAGS.workdir)
+            train_and_evaluate(config, workdir)
             return  # app.run exits with whatever main returns
         if command == "train":
-            from soraj.train import train_and_evaluate
+            from soraj.train import prepare
+        elif command == "train-vae":
+            from soraj.train_vae import prepare
         else:
-            from soraj.train_vae import train_and_evaluate
+            from soraj.captions.train_captioner import prepare
         from soraj import distributed
 
-        # With several processes, one process's exception ends every process at once.
-        distributed.run_main(train_and_evaluate, flags.FLAGS.config, flags.FLAGS.workdir)
+        # With several processes, one process's exception ends every process at once
+        # (run_main); in a single process, bad input found while setting up ends in one line.
+        try:
+            run = distributed.run_main(prepare, config, workdir)
+        except (ValueError, FileNotFoundError) as error:
+            refuse(" ".join(str(error).split()))
+        distributed.run_main(run.train)
 
-    app.run(main, argv=[f"soraj {command}", *argv])
+    app.run(main, argv=[f"soraj {command}", *argv], flags_parser=parse_flags)
 
 
 # ---- generate ---------------------------------------------------------------------------------
@@ -99,90 +134,29 @@ def generate_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", default="out/generate")
     from soraj.captions.expand_cli import add_expand_arguments
     from soraj.generate_modes import add_mode_arguments
+    from soraj.generate_request import add_fps_argument
 
+    add_fps_argument(parser)
     add_expand_arguments(parser)
     add_mode_arguments(parser)
     return parser
 
 
-def check_generate_args(args):
-    """Every check that needs no weights, so bad input fails before anything loads. Returns
-    the prompting-mode request (generate_modes.ModeRequest), or None for text to video."""
-    from soraj.captions.expand_cli import check_expand_args, check_prompt_length
-    from soraj.generate import BundleGeometry, resolve_bundle
-
-    if not args.prompt.strip():
-        raise ValueError(
-            "--prompt is empty: give a text prompt, e.g. 'A large red circle moves "
-            "up. The background is black.'"
-        )
-    if args.steps < 1:
-        raise ValueError(f"--steps must be a positive integer, got {args.steps}")
-    if args.frames < 1:
-        raise ValueError(
-            f"--frames must be a positive integer of the form 1 + ft·k, got {args.frames}"
-        )
-    if Path(args.out).exists() and not Path(args.out).is_dir():
-        raise ValueError(f"--out {args.out} is a file; give a directory (it is created if missing)")
-    if not Path(args.checkpoint).exists():
-        raise ValueError(f"--checkpoint {args.checkpoint} does not exist")
-    bundle = resolve_bundle(args.checkpoint)
-    geometry = BundleGeometry.read(bundle)
-    geometry.check(args.frames, args.height, args.width)
-    check_prompt_length(args.prompt, bundle, "prompt")
-    check_expand_args(args)
-    from soraj.generate_modes import prepare_mode
-
-    latent_frames = (args.frames - 1) // geometry.temporal_factor + 1
-    return prepare_mode(args, geometry.temporal_factor, latent_frames)
-
-
-def run_generate(argv: list[str], demo_probe: bool = False):
+def run_generate(argv: list[str]):
+    """Parses the flags and hands them to soraj/generate_request.py, which checks them all
+    before any weights load."""
     args = generate_parser().parse_args(argv)
-    try:
-        request = check_generate_args(args)
-        from soraj.captions.expand_cli import expand_for_generation
+    from soraj.exports import BundleError
+    from soraj.generate_request import GenerateRequest, check_request, run_checked
 
-        expansion = expand_for_generation(args)
+    try:
+        checked = check_request(GenerateRequest.from_args(args))
     except ValueError as error:
         sys.exit(f"soraj generate: error: {error}")
-    for note in request.notes if request else ():
-        print(note)
-    from soraj.generate import Generator, generate_to_files
-
-    generator = Generator.load(args.checkpoint)
-    settings = {
-        k: getattr(args, k)
-        for k in ("prompt", "checkpoint", "frames", "height", "width", "seed", "steps", "guidance")
-    }
-    args.revised_prompt = expansion.revised
-    settings.update(
-        expand=args.expand,
-        revised_prompt=expansion.revised,
-        expansion={"backend": expansion.backend, "ok": expansion.ok, "message": expansion.message},
-    )
-    if request is None:
-        video, paths, seconds = generate_to_files(
-            generator,
-            expansion.revised,
-            Path(args.out),
-            args.frames,
-            args.height,
-            args.width,
-            args.seed,
-            args.steps,
-            args.guidance,
-            settings,
-        )
-    else:
-        from soraj.generate_modes import mode_to_files
-
-        settings["visual_guidance"] = args.visual_guidance
-        video, paths, seconds = mode_to_files(generator, request, expansion.revised, args, settings)
-    print(f"generated {video.shape[0]}×{video.shape[1]}×{video.shape[2]} in {seconds:.1f} s")
-    for kind, path in paths.items():
-        print(f"wrote {kind}: {path}")
-    return video, args
+    try:
+        return run_checked(checked)
+    except BundleError as error:  # damage that only reading the weights finds
+        sys.exit(f"soraj generate: error: {error}")
 
 
 def run_make_dataset(argv: list[str]):

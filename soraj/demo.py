@@ -1,14 +1,14 @@
-"""`soraj demo` / `make demo`: a video from a prompt with the shipped Shapes checkpoint.
+"""`soraj demo` / `make demo`: a video from a prompt with the shipped Shapes checkpoint, scored
+by the shapes probe.
 
-Without the shipped checkpoint, it first trains a quick one (VAE then DiT, about 15 minutes on
-a 2-core CPU, with progress bars) into OUT/quick_checkpoint.
+--train-quick-checkpoint first trains a quick checkpoint (VAE then DiT, about 15 minutes on a
+2-core CPU, with progress bars) into OUT/quick_checkpoint and generates from it.
 """
 
 import argparse
+import sys
 import time
 from pathlib import Path
-
-from soraj.eval.shapes_probe import score_video
 
 SHIPPED_CHECKPOINT = (
     Path(__file__).resolve().parent.parent / "experiments" / "shapes" / "checkpoint"
@@ -24,7 +24,7 @@ QUICK_DIT_STEPS = 1000
 
 
 def quick_configs():
-    """The tiny configs, shortened: what the demo trains when no checkpoint is shipped."""
+    """The tiny configs, shortened: what --train-quick-checkpoint trains."""
     from soraj.configs import t2v, vae
 
     vae_config = vae.get_config("tiny")
@@ -40,7 +40,7 @@ def train_quick_checkpoint(workdir: Path) -> Path:
     from soraj import train, train_vae
 
     vae_config, dit_config = quick_configs()
-    print(f"no checkpoint at the given path: training a quick one in {workdir}")
+    print(f"training a quick checkpoint in {workdir}")
     start = time.perf_counter()
     train_vae.train_and_evaluate(vae_config, workdir / "vae")
     dit_config.vae_checkpoint = str(workdir / "vae" / "export")
@@ -49,49 +49,84 @@ def train_quick_checkpoint(workdir: Path) -> Path:
     return workdir / "dit" / "export"
 
 
-def run_demo(argv: list[str]):
+def demo_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="soraj demo", description=__doc__)
     parser.add_argument("--prompt", default=DEFAULT_PROMPT)
-    parser.add_argument("--checkpoint", default=str(SHIPPED_CHECKPOINT))
+    parser.add_argument(
+        "--checkpoint",
+        help=f"a generation bundle or `soraj train` workdir (default: {SHIPPED_CHECKPOINT})",
+    )
+    parser.add_argument(
+        "--train-quick-checkpoint",
+        action="store_true",
+        help="train a quick checkpoint (about 15 minutes on 2 CPU cores) into "
+        "OUT/quick_checkpoint and generate from it, instead of using --checkpoint",
+    )
     parser.add_argument("--out", default="out/demo")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--guidance", type=float, default=4.0)
     from soraj.captions.expand_cli import add_expand_arguments
+    from soraj.generate_request import add_fps_argument
 
+    add_fps_argument(parser)
     add_expand_arguments(parser)
-    args = parser.parse_args(argv)
-    out = Path(args.out)
-    checkpoint = Path(args.checkpoint)
-    if not checkpoint.exists():
-        checkpoint = train_quick_checkpoint(out / "quick_checkpoint")
-    from soraj.cli import run_generate
+    return parser
 
-    generate_argv = [
-        "--checkpoint",
-        str(checkpoint),
-        "--prompt",
-        args.prompt,
-        "--out",
-        str(out),
-        "--seed",
-        str(args.seed),
-        "--steps",
-        str(args.steps),
-        "--guidance",
-        str(args.guidance),
-        "--expand",
-        args.expand,
-    ]
-    for flag, value in (
-        ("--expand-endpoint", args.expand_endpoint),
-        ("--expand-model", args.expand_model),
-        ("--expander-checkpoint", args.expander_checkpoint),
-    ):
-        generate_argv += [flag, value] if value else []
-    video, generated = run_generate(generate_argv)
+
+def check_demo_flags(args, request) -> None:
+    if args.train_quick_checkpoint and args.checkpoint:
+        raise ValueError(
+            "--train-quick-checkpoint and --checkpoint cannot be combined: the quick "
+            "checkpoint is trained into OUT/quick_checkpoint"
+        )
+    if not args.train_quick_checkpoint and not Path(request.checkpoint).exists():
+        raise ValueError(
+            f"--checkpoint {request.checkpoint} does not exist; give a generation bundle "
+            "(dit/ + vae/) or a `soraj train` workdir, or pass --train-quick-checkpoint to "
+            "train a quick one (about 15 minutes on 2 CPU cores)"
+        )
+
+
+def run_demo(argv: list[str]):
+    args = demo_parser().parse_args(argv)
+    from soraj.captions.expand_cli import check_expand_args
+    from soraj.exports import BundleError
+    from soraj.generate_request import GenerateRequest, check_flags, check_request, run_checked
+
+    request = GenerateRequest(
+        prompt=args.prompt,
+        checkpoint=args.checkpoint or str(SHIPPED_CHECKPOINT),
+        out=args.out,
+        seed=args.seed,
+        steps=args.steps,
+        guidance=args.guidance,
+        fps=args.fps,
+        expand=args.expand,
+        expand_endpoint=args.expand_endpoint,
+        expand_model=args.expand_model,
+        expander_checkpoint=args.expander_checkpoint,
+    )
+    try:  # everything that can be checked before a 15-minute training run is
+        check_demo_flags(args, request)
+        check_flags(request)
+        check_expand_args(request)
+    except ValueError as error:
+        sys.exit(f"soraj demo: error: {error}")
+    if args.train_quick_checkpoint:
+        request.checkpoint = str(train_quick_checkpoint(Path(args.out) / "quick_checkpoint"))
+    try:
+        checked = check_request(request)
+    except ValueError as error:
+        sys.exit(f"soraj demo: error: {error}")
+    try:
+        generated = run_checked(checked)
+    except BundleError as error:  # damage that only reading the weights finds
+        sys.exit(f"soraj demo: error: {error}")
+    from soraj.eval.shapes_probe import score_video
+
     try:  # the probe scores the prompt the video was generated from
-        scores = score_video(video, generated.revised_prompt)
+        scores = score_video(generated.video, generated.revised_prompt)
     except ValueError:
         print("shapes probe: the prompt is not a Shapes-world caption, so it is not scored")
         return

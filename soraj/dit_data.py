@@ -1,6 +1,6 @@
 """The DiT trainer's data: the decoded-clip source config.data names (or a latent cache), the
 packed host batches of soraj/data/packed_pipeline.py over logical data shards, and the
-BatchBuilder that turns a host batch into device arrays (DESIGN.md §4)."""
+BatchBuilder that turns a host batch into device arrays (docs/architecture.md §4)."""
 
 from pathlib import Path
 
@@ -33,8 +33,8 @@ CONDITIONING_KEYS = {"text": ("text", "text_mask"), "class": ("labels",)}
 
 
 class BatchBuilder:
-    """Host batches of packed_pipeline → device batches (DESIGN.md §4). Captions of a batch are
-    encoded here in one call; records of a latent cache may bring text states instead."""
+    """Host batches of packed_pipeline → device batches (docs/architecture.md §4). Captions of a
+    batch are encoded here in one call; records of a latent cache may bring text states instead."""
 
     def __init__(self, text_encoder, mesh, conditioning: str = "text"):
         self.text_encoder = text_encoder  # None when batches bring text states, or labels

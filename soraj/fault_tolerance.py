@@ -1,6 +1,7 @@
-"""What a training loop needs to survive preemption and bad numerics, shared by train.py and
-train_vae.py: a SIGTERM-driven preemption point, the non-finite step streak check, and the
-trimming of metrics a crashed run logged past its last checkpoint."""
+"""What a training loop needs to survive preemption and bad numerics, used by the trainers'
+shared loop (soraj/step_loop.py): a SIGTERM-driven preemption point, the non-finite step streak
+check, resuming onto a mesh, and the trimming of metrics a crashed run logged past its last
+checkpoint."""
 
 import json
 import signal

@@ -1,5 +1,6 @@
 """Prompt → video: load an exported DiT + VAE, solve the flow ODE with guidance, decode, write."""
 
+import contextlib
 import dataclasses
 import functools
 import json
@@ -11,7 +12,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from soraj import checkpoint
+from soraj import exports
+from soraj.data.shapes import FPS as SHAPES_FPS
 from soraj.data.video_io import write_gif, write_mp4
 from soraj.diffusion.timesteps import TimeShift, check_static_count
 from soraj.generate_class import class_labels
@@ -21,21 +23,29 @@ from soraj.models.conditioning import TextConfig, init_text_params, segment_inpu
 from soraj.models.dit import DiT, DiTConfig
 from soraj.models.latent_codec import LatentCodec
 from soraj.sample_rows import sample_rows
+from soraj.sampling_progress import StepProgress, status
 
 # ---- Locating checkpoints -------------------------------------------------------------------
 
 
 def resolve_bundle(directory: str | Path) -> Path:
-    """A generation bundle holds dit/ and vae/ exports. A `soraj train` workdir holds one in
-    export/, so either folder may be given."""
-    directory = Path(directory)
-    for candidate in (directory, directory / "export"):
-        if checkpoint.is_export(candidate / "dit") and checkpoint.is_export(candidate / "vae"):
-            return candidate
-    raise ValueError(
-        f"no checkpoint at {directory}: expected dit/ and vae/ exports there or in "
-        f"{directory / 'export'} (written by `soraj train`)"
-    )
+    """The generation bundle at directory: the folder holding a DiT export as dit/ and the VAE
+    it was trained on as vae/. The DiT export is looked for as exports.find_export looks (the
+    bundle itself, or a `soraj train` workdir whose export/ is one)."""
+    dit = exports.find_export(directory, "dit")
+    bundle = dit.parent
+    if dit.name != "dit":
+        raise exports.BundleError(
+            f"{dit} is a DiT export outside a bundle: generation needs the folder holding it "
+            "as dit/ beside its VAE as vae/"
+        )
+    if not exports.is_export(bundle / "vae"):
+        raise exports.BundleError(
+            f"no VAE export beside the DiT export {dit}: expected {bundle / 'vae'} with "
+            f"{exports.EXPORT_CONFIG} and {exports.EXPORT_PARAMS}/ (`soraj train` copies it there)"
+        )
+    exports.load_export_config(bundle / "vae", "vae")  # refuses another kind or a damaged file
+    return bundle
 
 
 def dit_config_from_dict(fields: dict) -> DiTConfig:
@@ -55,13 +65,13 @@ class BundleGeometry:
 
     @classmethod
     def read(cls, bundle: Path) -> "BundleGeometry":
-        vae = checkpoint.load_export_config(bundle / "vae")["vae_config"]
-        dit = checkpoint.load_export_config(bundle / "dit")["dit_config"]
-        return cls(
-            2 ** sum(vae["temporal_downsample"]),
-            2 ** sum(vae["spatial_downsample"]),
-            tuple(dit["patch_size"]),
-        )
+        vae = exports.load_export_config(bundle / "vae", "vae", required=("vae_config",))
+        dit = exports.load_export_config(bundle / "dit", "dit", required=("dit_config",))
+        with exports.config_errors(bundle / "vae"):
+            temporal = 2 ** sum(vae["vae_config"]["temporal_downsample"])
+            spatial = 2 ** sum(vae["vae_config"]["spatial_downsample"])
+        with exports.config_errors(bundle / "dit"):
+            return cls(temporal, spatial, tuple(dit["dit_config"]["patch_size"]))
 
     def check(self, frames: int, height: int, width: int):
         pt, ph, pw = self.patch_size
@@ -99,21 +109,35 @@ def single_request_rows(noise, grid, shift: float, conditioning: dict) -> dict:
 
 class TimedSampler:
     """sample_rows compiled ahead of time once per input shape, so a call reports its
-    compile time apart from its sampling time (`timings`)."""
+    compile time apart from its sampling time (`timings`). With `report` (what `soraj
+    generate` uses), it says on stderr when it compiles and shows a bar over the steps."""
 
-    def __init__(self):
-        self.compiled, self.timings = {}, {}
+    def __init__(self, report: bool = False):
+        self.compiled, self.timings, self.report = {}, {}, report
 
     def __call__(self, params, rows, guidance, *, dit, text_config, num_steps, window=None):
-        static = dict(dit=dit, text_config=text_config, num_steps=num_steps, window=window)
+        static = dict(
+            dit=dit,
+            text_config=text_config,
+            num_steps=num_steps,
+            window=window,
+            report_steps=self.report,
+        )
         shapes = tuple((k, v.shape, str(v.dtype)) for k, v in sorted(rows.items()))
-        key = (shapes, num_steps, window, id(dit))
+        key = (shapes, num_steps, window, id(dit), self.report)
         started = time.perf_counter()
         if key not in self.compiled:
+            if self.report:
+                batch, length = rows["noise"].shape[:2]
+                status(f"compiling the sampler ({batch} × {length} tokens, {num_steps} steps)")
             lowered = sample_rows.lower(params, rows, guidance, **static)
             self.compiled[key] = lowered.compile()
+            if self.report:
+                status(f"compiled in {time.perf_counter() - started:.1f} s")
         compiled_at = time.perf_counter()
-        tokens = jax.block_until_ready(self.compiled[key](params, rows, guidance))
+        progress = StepProgress(num_steps) if self.report else contextlib.nullcontext()
+        with progress:
+            tokens = jax.block_until_ready(self.compiled[key](params, rows, guidance))
         sampled_at = time.perf_counter()
         self.timings = {
             "compile_seconds": compiled_at - started,
@@ -139,14 +163,15 @@ class Generator:
     def load(cls, directory: str | Path) -> "Generator":
         bundle = resolve_bundle(directory)
         codec = LatentCodec.load(bundle / "vae")
-        stored = checkpoint.load_export_config(bundle / "dit")
-        dit = DiT(dit_config_from_dict(stored["dit_config"]))
-        text_config = TextConfig(**stored["text"])
+        stored = exports.load_export_config(bundle / "dit", "dit", required=("dit_config", "text"))
+        with exports.config_errors(bundle / "dit"):
+            dit = DiT(dit_config_from_dict(stored["dit_config"]))
+            text_config = TextConfig(**stored["text"])
+            time_shift = TimeShift(**stored.get("time_shift", {}))
+            classes = tuple(stored["classes"]) if dit.config.conditioning == "class" else ()
         abstract = jax.eval_shape(lambda: init_params(dit, text_config, jax.random.key(0)))
-        params, _ = checkpoint.load_export(bundle / "dit", abstract)
-        time_shift = TimeShift(**stored.get("time_shift", {}))
+        params, _ = exports.load_export(bundle / "dit", abstract)
         if dit.config.conditioning == "class":
-            classes = tuple(stored["classes"])
             return cls(codec, dit, params, text_config, None, classes, time_shift)
         return cls(codec, dit, params, text_config, text_config.host_encoder(), (), time_shift)
 
@@ -187,6 +212,8 @@ class Generator:
             channels=latent[3],
         )
         latents = jax.vmap(unpatch)(tokens)  # (B, T', H', W', C)
+        if self.sampler.report:
+            status("decoding with the VAE")
         return np.asarray(jax.jit(self.codec.decode)(self.codec.params, latents))
 
     def sample_window(self, prompt: str, plan, seed=0, steps=30, guidance=4.0, visual_guidance=1.0):
@@ -225,6 +252,8 @@ class Generator:
             self.params, rows, scales, dit=self.dit, text_config=self.text_config, num_steps=steps
         )
         latents = patching.unpatchify(tokens[0], grid, patch, latent_shape[3])  # (T', H', W', C)
+        if self.sampler.report:
+            status("decoding with the VAE")
         video = np.asarray(jax.jit(self.codec.decode)(self.codec.params, latents[None]))[0]
         return np.asarray(latents), video
 
@@ -324,16 +353,20 @@ def slug(prompt: str, limit: int = 48) -> str:
     return re.sub(r"[^a-z0-9]+", "_", prompt.lower()).strip("_")[:limit] or "video"
 
 
-def write_video_files(out_dir: Path, name: str, video: np.ndarray, settings: dict) -> dict:
-    """Writes NAME.mp4 (H.264), NAME.gif and NAME.json (settings + timing); returns paths."""
+def write_video_files(
+    out_dir: Path, name: str, video: np.ndarray, settings: dict, fps: float = SHAPES_FPS
+) -> dict:
+    """Writes NAME.mp4 (H.264) and NAME.gif at fps, and NAME.json (settings, fps and the
+    files); returns the paths."""
     out_dir.mkdir(parents=True, exist_ok=True)
     upscale = max(1, 256 // max(video.shape[1:3]))  # tiny canvases are upscaled for viewing
     paths = {
-        "mp4": str(write_mp4(out_dir / f"{name}.mp4", video, upscale=upscale)),
-        "gif": str(write_gif(out_dir / f"{name}.gif", video, upscale=upscale)),
+        "mp4": str(write_mp4(out_dir / f"{name}.mp4", video, fps, upscale=upscale)),
+        "gif": str(write_gif(out_dir / f"{name}.gif", video, fps, upscale=upscale)),
     }
     paths["json"] = str(out_dir / f"{name}.json")
-    Path(paths["json"]).write_text(json.dumps({**settings, "files": paths}, indent=2))
+    record = {**settings, "fps": fps, "files": paths}
+    Path(paths["json"]).write_text(json.dumps(record, indent=2))
     return paths
 
 
@@ -348,11 +381,13 @@ def generate_to_files(
     steps: int,
     guidance: float,
     settings: dict,
+    fps: float = SHAPES_FPS,
 ):
+    """One text-to-video sample written by write_video_files; returns (video, paths, seconds)."""
     start = time.perf_counter()
     video = generator([prompt], frames, height, width, seed, steps, guidance)[0]
     seconds = time.perf_counter() - start
     name = f"{slug(prompt)}_seed{seed}"
     timings = {"seconds": seconds, **generator.sampler.timings}
-    paths = write_video_files(out_dir, name, video, {**settings, **timings})
+    paths = write_video_files(out_dir, name, video, {**settings, **timings}, fps)
     return video, paths, seconds

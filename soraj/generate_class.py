@@ -12,10 +12,9 @@ def class_labels(class_names, prompts) -> np.ndarray:
             labels.append(class_names.index(prompt))
         elif str(prompt).isdigit() and int(prompt) < len(class_names):
             labels.append(int(prompt))
-        else:
-            shown = ", ".join(class_names[:20]) + (" ..." if len(class_names) > 20 else "")
+        else:  # every name: the exact spelling is what the user needs
             raise ValueError(
-                f"{prompt!r} is not a class of this model; give a class name or index "
-                f"0..{len(class_names) - 1}: {shown}"
+                f"{prompt!r} is not a class of this model; allowed: a class name "
+                f"({', '.join(class_names)}) or its index 0..{len(class_names) - 1}"
             )
     return np.asarray(labels, np.int32)[:, None]

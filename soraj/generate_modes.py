@@ -228,9 +228,9 @@ def run_mode(generator, request: ModeRequest, prompt, shape, seed, steps, guidan
     return video, info
 
 
-def mode_to_files(generator, request: ModeRequest, prompt: str, args, settings: dict):
-    """Runs a mode request and writes NAME.mp4, .gif and .json (with the mode, its inputs and
-    the timings) under args.out; returns (video, paths, seconds)."""
+def mode_to_files(generator, request: ModeRequest, prompt: str, args, settings: dict, fps: float):
+    """Runs a mode request and writes NAME.mp4 and .gif at fps and NAME.json (with the mode,
+    its inputs and the timings) under args.out; returns (video, paths, seconds)."""
     from soraj.generate import slug, write_video_files
 
     start = time.perf_counter()
@@ -249,4 +249,4 @@ def mode_to_files(generator, request: ModeRequest, prompt: str, args, settings: 
     name = f"{request.mode}{'_loop' if request.loop else ''}_{slug(prompt)}_seed{args.seed}"
     record = {**settings, **info, "input_notes": request.notes, "seconds": seconds}
     record.update(generator.sampler.timings)
-    return video, write_video_files(Path(args.out), name, video, record), seconds
+    return video, write_video_files(Path(args.out), name, video, record, fps), seconds

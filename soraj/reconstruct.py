@@ -13,12 +13,12 @@ from pathlib import Path
 
 import numpy as np
 
-from soraj.checkpoint import load_export_config
 from soraj.data.video_folder import center_crop_resize
 from soraj.data.video_io import read_video, write_mp4
 from soraj.eval.metrics import psnr, ssim
 from soraj.eval.peak_memory import PeakMemory
-from soraj.models.latent_codec import LatentCodec, resolve_vae_export, vae_config_from_dict
+from soraj.exports import config_errors, find_export, load_export_config
+from soraj.models.latent_codec import LatentCodec, vae_config_from_dict
 from soraj.models.vae import latent_shape
 from soraj.models.vae_memory_plan import plan_decode, plan_encode
 
@@ -132,8 +132,10 @@ def compression_ratio(video_shape, latent_shape) -> float:
 
 
 def reconstruct(args) -> dict:
-    export = resolve_vae_export(args.checkpoint)
-    config = vae_config_from_dict(load_export_config(export)["vae_config"])
+    export = find_export(args.checkpoint, "vae")
+    stored = load_export_config(export, "vae", required=("vae_config",))
+    with config_errors(export):
+        config = vae_config_from_dict(stored["vae_config"])
     ft, fs = config.temporal_factor, config.spatial_factor
     check_geometry(args, ft, fs)  # before any weights load or frames decode
     wanted = None if args.frames is None else args.start_frame + args.frames

@@ -1,6 +1,7 @@
-"""The one sampler every generation path calls: packed rows of requests (DESIGN.md §4), one
-Euler solve with batched classifier-free guidance, each request on the time grid its training
-used. Text and class models, single prompts and packed sets of prompts all come here."""
+"""The one sampler every generation path calls: packed rows of requests (docs/architecture.md
+§4), one Euler solve with batched classifier-free guidance, each request on the time grid its
+training used. Text and class models, single prompts and packed sets of prompts all come
+here."""
 
 import functools
 
@@ -10,6 +11,7 @@ import jax.numpy as jnp
 from soraj.diffusion.sampling import cfg_velocity_batched, dual_guidance_batched, euler_sample
 from soraj.models.conditioning import TextConfig, text_states
 from soraj.models.dit import DiT
+from soraj.sampling_progress import report_step
 
 
 def guided_conditioning(
@@ -34,7 +36,9 @@ def guided_conditioning(
     return {"text": states, "text_mask": mask_all}
 
 
-@functools.partial(jax.jit, static_argnames=("dit", "text_config", "num_steps", "window"))
+@functools.partial(
+    jax.jit, static_argnames=("dit", "text_config", "num_steps", "window", "report_steps")
+)
 def sample_rows(
     params,
     rows: dict,
@@ -44,6 +48,7 @@ def sample_rows(
     text_config: TextConfig,
     num_steps: int,
     window: int | None = None,
+    report_steps: bool = False,
 ):
     """Noise → clean latent tokens (B, L, P), zero at padding.
 
@@ -55,6 +60,8 @@ def sample_rows(
     x_ref and c) and visual bool (B, L), the tokens that are a visual condition; guidance
     is then (text scale, visual scale) (dual_guidance_batched), else the text scale.
     window: no request has more tokens than this (DiT's max_segment_tokens), or None.
+    report_steps: each finished Euler step calls back to the host, moving the open
+    soraj.sampling_progress.StepProgress bar (a separate compile; off, nothing is added).
     """
     dual = "visual" in rows
     branches = 3 if dual else 2
@@ -85,4 +92,5 @@ def sample_rows(
         velocity_fn = dual_guidance_batched(all_branches, text_scale, visual_scale, visual, noise)
     else:
         velocity_fn = cfg_velocity_batched(all_branches, guidance)
-    return euler_sample(velocity_fn, noise, num_steps, rows["shift"], reference, level)
+    on_step = report_step if report_steps else None
+    return euler_sample(velocity_fn, noise, num_steps, rows["shift"], reference, level, on_step)

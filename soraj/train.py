@@ -3,7 +3,6 @@
 `train_and_evaluate(config, workdir)`. The step is a pure function of (state, packed batch,
 rng)."""
 
-import contextlib
 import dataclasses
 import functools
 import json
@@ -16,14 +15,13 @@ import ml_collections
 import optax
 from jax.experimental import multihost_utils
 
-from soraj import checkpoint, distributed, fault_tolerance, optim, sharding
+from soraj import checkpoint, distributed, exports, fault_tolerance, optim, sharding, step_loop
 from soraj.data.data_shards import all_shard_states
 from soraj.data.frame_masks import MASK_TYPES, MaskCurriculum
 from soraj.diffusion.objective import flow_matching_loss
 from soraj.diffusion.timesteps import TimeShift, per_segment_timesteps
 from soraj.dit_data import host_batch_metrics, training_data
 from soraj.generate import Generator, init_params, write_video_files
-from soraj.metric_writer import MetricWriter
 from soraj.models import patching
 from soraj.models.conditioning import TextConfig, text_states
 from soraj.models.dit import DiT, DiTConfig
@@ -158,7 +156,7 @@ def export(
     }
     if dit.config.conditioning == "class":
         stored["classes"] = list(class_names)
-    checkpoint.export_params(bundle / "dit", ema_params, stored)
+    exports.write_export(bundle / "dit", ema_params, stored)
     if not (bundle / "vae").exists():
         shutil.copytree(vae_dir, bundle / "vae")
     return bundle
@@ -180,24 +178,21 @@ def write_sample(workdir: Path, step: int, generator: Generator, config) -> Path
         guidance=config.sample.guidance,
     )[0]
     name = f"sample_{step:06d}"
-    return Path(
-        write_video_files(workdir / "samples", name, video, {"prompt": prompt, "step": step})["gif"]
-    )
+    settings = {"prompt": prompt, "step": step}
+    return Path(write_video_files(workdir / "samples", name, video, settings, fps=data.fps)["gif"])
 
 
-# ---- The loop ---------------------------------------------------------------------------------
+# ---- Set-up (the loop itself is soraj/step_loop.py) -------------------------------------------
 
 
 def resolve_vae(path: str) -> Path:
+    """config.vae_checkpoint's VAE export, looked for as exports.find_export looks."""
     if not path:
         raise ValueError(
             "config.vae_checkpoint is empty: give a `soraj train-vae` workdir or "
             "export (--config.vae_checkpoint=...)"
         )
-    for candidate in (Path(path), Path(path) / "export", Path(path) / "vae"):
-        if checkpoint.is_export(candidate):
-            return candidate
-    raise ValueError(f"no VAE export at {path} (nor in its export/ or vae/ folder)")
+    return exports.find_export(path, "vae")
 
 
 def make_dit(config, codec: LatentCodec, text: TextConfig) -> DiT:
@@ -233,10 +228,10 @@ def make_dit(config, codec: LatentCodec, text: TextConfig) -> DiT:
     return dit
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path):
-    """Trains config.total_steps steps, resuming from WORKDIR/checkpoints. On SIGTERM it saves
-    at the next step and raises fault_tolerance.Preempted (exit code 75); run it again to go
-    on. Multi-host: every process runs this with the same config (README, "Scale-out")."""
+def prepare(config: ml_collections.ConfigDict, workdir: str | Path) -> step_loop.TrainingRun:
+    """Everything before the first step: checks, model, data and the restored or fresh state.
+    Bad input is refused here, before any step runs."""
+    schedule = step_loop.Schedule.from_config(config, config.total_steps)
     distributed.initialize(config.distributed)
     workdir = Path(workdir)
     text = TextConfig(**config.text)
@@ -259,11 +254,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path):
     )
     if data_state is not None:
         iterator.set_state(data_state)
-    primary = distributed.is_primary()
-    if primary:
-        workdir.mkdir(parents=True, exist_ok=True)
-        (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
-        fault_tolerance.trim_metrics(workdir, start_step)
     n_params = sum(x.size for x in jax.tree.leaves(state.params))
     print(
         f"DiT {n_params / 1e6:.2f}M params; latents {latent}; mesh {dict(mesh.shape)}; "
@@ -276,55 +266,43 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path):
         mesh,
         sharding.DIT_RULES,
     )
-    writer = MetricWriter(workdir, config.total_steps, start_step, "train")
-    watchdog = distributed.StepWatchdog(config.distributed.step_timeout)
-    nonfinite = fault_tolerance.NonFiniteGuard(
-        config.max_nonfinite_steps, before_stop=manager.wait_until_finished
+
+    def next_step(step, state):
+        host_batch = next(iterator)
+        state, metrics = step_fn(state, build_batch(host_batch), rng)
+        return state, metrics, host_batch
+
+    def logged(metrics, host_batch):
+        metrics = mask_type_metrics(metrics)
+        metrics.update(host_batch_metrics(host_batch))
+        return metrics, int(metrics["samples"])
+
+    hooks = step_loop.StepHooks(
+        step=next_step,
+        log=logged,
+        data_state=lambda: all_shard_states(iterator.get_state()),
+        metadata=lambda step: checkpoint.training_metadata(config, mesh),
+        export=lambda step, state: export(
+            workdir, dit, state, config, text, vae_dir, build_batch.class_names
+        ),
+        sample=lambda step, state, host_batch: write_training_sample(
+            workdir, step, codec, dit, state, text, build_batch, config
+        ),
     )
-    with fault_tolerance.PreemptionPoint() as preemption, contextlib.closing(watchdog):
-        for step in range(start_step, config.total_steps):
-            watchdog.step_started(step + 1)
-            host_batch = next(iterator)
-            state, metrics = step_fn(state, build_batch(host_batch), rng)
-            nonfinite.check(step + 1, metrics["nonfinite_streak"])
-            writer.advance()
-            done = step + 1
-            preempted = preemption.reached(done)
-            if done % config.log_every == 0 or done == config.total_steps:
-                metrics = mask_type_metrics(jax.device_get(metrics))
-                metrics.update(host_batch_metrics(host_batch))
-                writer.write(done, metrics, int(metrics["samples"]))
-            if preempted or done % config.save_every == 0 or done == config.total_steps:
-                nonfinite.flush()  # never save after too many skipped steps
-                data_state = all_shard_states(iterator.get_state())
-                metadata = checkpoint.training_metadata(config, mesh)
-                checkpoint.save_train_state(manager, done, state, data_state, metadata, force=True)
-                # With several processes, process 0 writes the export only after the last
-                # step, so no host waits on its writing inside the loop.
-                if jax.process_count() == 1 or done == config.total_steps:
-                    export(workdir, dit, state, config, text, vae_dir, build_batch.class_names)
-            if preempted:
-                manager.wait_until_finished()
-                writer.close()
-                print(f"preempted: checkpoint of step {done} saved in {manager.directory}")
-                raise fault_tolerance.Preempted(done, manager.directory)
-            if config.sample_every and (
-                done % config.sample_every == 0 or done == config.total_steps
-            ):
-                write_training_sample(workdir, done, codec, dit, state, text, build_batch, config)
-            watchdog.step_finished()
-    nonfinite.flush()
-    manager.wait_until_finished()
-    writer.close()
-    print(f"DiT export written to {workdir / 'export'}")
-    return state
+    return step_loop.TrainingRun(
+        config, workdir, schedule, hooks, manager, state, start_step, name="DiT", progress="train"
+    )
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path):
+    """Trains config.total_steps steps, resuming from WORKDIR/checkpoints. On SIGTERM it saves
+    at the next step and raises fault_tolerance.Preempted (exit code 75); run it again to go
+    on. Multi-host: every process runs this with the same config (README, "Scale-out")."""
+    return prepare(config, workdir).train()
 
 
 def write_training_sample(workdir, step, codec, dit, state, text, build_batch, config):
-    """A sample video of the EMA model (one process only: sampling with a global mesh across
-    processes would make every host wait on process 0's media writing)."""
-    if jax.process_count() > 1:
-        return
+    """A sample video of the EMA model (step_loop calls it in single-process runs only)."""
     generator = Generator(codec, dit, state.ema_params, text, None, build_batch.class_names)
     if dit.config.conditioning == "text":
         # Cached text states leave no encoder loaded; sampling needs one for its prompt.

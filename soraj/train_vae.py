@@ -2,7 +2,6 @@
 step, on batches of several clip shapes (videos and images) from Shapes or a video folder;
 `train_and_evaluate(config, workdir)`. A deliberate sibling of train.py, not a subclass."""
 
-import contextlib
 import functools
 from pathlib import Path
 from typing import Any
@@ -12,9 +11,8 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from soraj import checkpoint, distributed, fault_tolerance, optim, sharding, vae_losses
+from soraj import checkpoint, distributed, fault_tolerance, optim, sharding, step_loop, vae_losses
 from soraj.data.clip_shapes import clip_shapes, make_iterators
-from soraj.metric_writer import MetricWriter
 from soraj.models import discriminator as disc
 from soraj.models.latent_codec import video_to_model_range
 from soraj.models.vae import VAE_PRESETS, VideoVAE, check_video_shape
@@ -215,11 +213,14 @@ def train_step(
     return new_state, metrics
 
 
-# ---- The loop ----------------------------------------------------------------------------------
+# ---- Set-up (the loop itself is soraj/step_loop.py) -------------------------------------------
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path):
+def prepare(config: ml_collections.ConfigDict, workdir: str | Path) -> step_loop.TrainingRun:
+    """Everything before the first step: checks, models, data and the restored or fresh state.
+    Bad input is refused here, before any step runs."""
     workdir = Path(workdir)
+    schedule = step_loop.Schedule.from_config(config, config.total_steps)
     if config.preset not in VAE_PRESETS:
         raise ValueError(f"unknown VAE preset {config.preset!r}; allowed: {sorted(VAE_PRESETS)}")
     model = VideoVAE(VAE_PRESETS[config.preset])
@@ -259,10 +260,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path):
     for name, iterator in iterators.items():
         if data_state is not None:
             iterator.set_state(data_state[name])
-    if distributed.is_primary():
-        workdir.mkdir(parents=True, exist_ok=True)
-        (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
-        fault_tolerance.trim_metrics(workdir, start_step)
     n_params = sum(x.size for x in jax.tree.leaves(state.params))
     described = ", ".join(f"{s.name} ×{s.batch_size}" for s in shapes)
     gan = "off" if discriminator is None else f"on from step {config.loss.gan_start_step}"
@@ -283,51 +280,42 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path):
         sharding.VAE_RULES,
     )
     encode, reconstruct = jitted_codec(model)
-    writer = MetricWriter(workdir, config.total_steps, start_step, "train-vae")
-    watchdog = distributed.StepWatchdog(config.distributed.step_timeout)
-    nonfinite = fault_tolerance.NonFiniteGuard(
-        config.max_nonfinite_steps, before_stop=manager.wait_until_finished
-    )
     samples_per_step = sum(shape.batch_size for shape in shapes)
-    stats_batches = []
-    with fault_tolerance.PreemptionPoint() as preemption, contextlib.closing(watchdog):
-        for step in range(start_step, config.total_steps):
-            watchdog.step_started(step + 1)
-            host_batch = {name: next(iterator)["video"] for name, iterator in iterators.items()}
-            if len(stats_batches) < config.num_stats_batches:
-                stats_batches.append(host_batch)
-            batch = sharding.shard_batch(host_batch, mesh)
-            state, metrics = step_fn(state, batch, rng)
-            nonfinite.check(step + 1, metrics["nonfinite_streak"])
-            writer.advance()
-            done = step + 1
-            preempted = preemption.reached(done)
-            if done % config.log_every == 0 or done == config.total_steps:
-                writer.write(done, jax.device_get(metrics), samples_per_step)
-            # Reconstructions in single-process runs only: process 0 alone cannot run a jitted
-            # function on params sharded across hosts.
-            if jax.process_count() == 1 and (
-                done % config.sample_every == 0 or done == config.total_steps
-            ):
-                path = workdir / "samples" / f"reconstruction_{done:06d}.gif"
-                write_reconstructions(path, reconstruct, state.ema_params, host_batch)
-            if preempted or done % config.save_every == 0 or done == config.total_steps:
-                nonfinite.flush()  # never save after too many skipped steps
-                data_state = {name: it.get_state() for name, it in iterators.items()}
-                metadata = checkpoint.training_metadata(config, mesh)
-                checkpoint.save_train_state(manager, done, state, data_state, metadata, force=True)
-                # With several processes, process 0 writes the export only after the last
-                # step, so no host waits on its writing inside the loop.
-                if jax.process_count() == 1 or done == config.total_steps:
-                    export(workdir, model, state, config, stats_batches, encode)
-            if preempted:
-                manager.wait_until_finished()
-                writer.close()
-                print(f"preempted: checkpoint of step {done} saved in {manager.directory}")
-                raise fault_tolerance.Preempted(done, manager.directory)
-            watchdog.step_finished()
-    nonfinite.flush()
-    manager.wait_until_finished()
-    writer.close()
-    print(f"VAE export written to {workdir / 'export'}")
-    return state
+    stats_batches = []  # the first batches, whose latents give the export's shift and scale
+
+    def next_step(step, state):
+        host_batch = {name: next(iterator)["video"] for name, iterator in iterators.items()}
+        if len(stats_batches) < config.num_stats_batches:
+            stats_batches.append(host_batch)
+        state, metrics = step_fn(state, sharding.shard_batch(host_batch, mesh), rng)
+        return state, metrics, host_batch
+
+    def write_sample(step, state, host_batch):
+        path = workdir / "samples" / f"reconstruction_{step:06d}.gif"
+        write_reconstructions(path, reconstruct, state.ema_params, host_batch)
+
+    hooks = step_loop.StepHooks(
+        step=next_step,
+        log=lambda metrics, host_batch: (metrics, samples_per_step),
+        data_state=lambda: {name: it.get_state() for name, it in iterators.items()},
+        metadata=lambda step: checkpoint.training_metadata(config, mesh),
+        export=lambda step, state: export(workdir, model, state, config, stats_batches, encode),
+        sample=write_sample,
+    )
+    return step_loop.TrainingRun(
+        config,
+        workdir,
+        schedule,
+        hooks,
+        manager,
+        state,
+        start_step,
+        name="VAE",
+        progress="train-vae",
+    )
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path):
+    """Trains config.total_steps steps, resuming from WORKDIR/checkpoints; preemption and
+    multi-host as train.train_and_evaluate."""
+    return prepare(config, workdir).train()

@@ -9,7 +9,7 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
-from soraj import checkpoint, distributed
+from soraj import checkpoint, distributed, exports
 from soraj.data.video_folder import loop_to_length
 from soraj.data.video_io import write_gif
 from soraj.models.latent_codec import model_range_to_video, video_to_model_range
@@ -59,7 +59,7 @@ def export(workdir: Path, model: VideoVAE, state, config, stats_batches, encode)
         "step": int(step),
         "code_version": checkpoint.code_version(),
     }
-    return checkpoint.export_params(workdir / "export", ema_params, stored)
+    return exports.write_export(workdir / "export", ema_params, stored)
 
 
 def write_reconstructions(path: Path, reconstruct, params, batch: dict, count: int = 4) -> Path:

@@ -9,7 +9,7 @@ import pickle
 import numpy as np
 import pytest
 
-from soraj import checkpoint, sharding
+from soraj import exports, sharding
 from soraj.configs import t2v
 from soraj.data.caption_versions import RecaptionedSource
 from soraj.data.packed_pipeline import caption_from_bytes
@@ -264,6 +264,6 @@ def test_the_longest_dense_caption_fits_the_default_text_length():
 def test_shipped_checkpoint_keeps_its_own_text_length():
     """Generation rebuilds the text config from the export, so raising the default changes
     nothing for the shipped checkpoint, which was trained on 32 tokens."""
-    stored = checkpoint.load_export_config(SHIPPED_DIT)
+    stored = exports.load_export_config(SHIPPED_DIT)
     assert TextConfig(**stored["text"]).max_tokens == 32
     assert t2v.get_config("tiny").text.max_tokens == 64

@@ -37,6 +37,7 @@ def tiny_dit_config(total_steps, vae_dir):
     config.log_every = config.save_every = config.sample_every = 1
     config.sample.steps = 2
     config.diffusion.shift = 3.0  # the export must carry it to the sampler
+    config.data.fps = 12.0  # and the clips' frame rate to the written video
     return config
 
 
@@ -108,6 +109,7 @@ def test_train_restart_and_generate(tmp_path):
     assert settings["compile_seconds"] > 0 and settings["seconds_per_step"] > 0
     stored = json.loads((dit_dir / "export" / "dit" / "config.json").read_text())
     assert stored["time_shift"]["shift"] == 3.0 and not stored["time_shift"]["shift_by_tokens"]
-    video, _ = read_video(settings["files"]["mp4"])
-    assert video.shape[0] == 5
+    assert stored["trained_on"]["fps"] == 12.0
+    video, fps = read_video(settings["files"]["mp4"])
+    assert video.shape[0] == 5 and fps == settings["fps"] == 12.0
     assert next(out.glob("*.gif")).stat().st_size > 0

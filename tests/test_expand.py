@@ -194,7 +194,7 @@ def test_generate_refuses_bad_expansion_input_before_loading(no_weights, capsys,
     assert "the prompt is 42 MiniLM tokens" in generate_exit(["--prompt", long_prompt])
     assert "needs --expand-endpoint" in generate_exit(["--prompt", "a ball", "--expand", "openai"])
     missing = ["--expand", "learned", "--expander-checkpoint", "/nowhere"]
-    assert "holds no expander export" in generate_exit(["--prompt", "a ball", *missing])
+    assert "no expander export at /nowhere" in generate_exit(["--prompt", "a ball", *missing])
     # A revised prompt over the limit is refused too, before the generator loads.
     long = Expansion("a ball", long_prompt, "rule", True, "")
     monkeypatch.setattr(expand_cli, "expand_prompt", lambda *a, **k: long)

@@ -8,7 +8,7 @@ import jax
 import numpy as np
 import pytest
 
-from soraj import checkpoint, cli, sharding
+from soraj import cli, exports, sharding
 from soraj.configs import t2v
 from soraj.data.latent_cache import LatentCache
 from soraj.data.packed_pipeline import caption_from_bytes
@@ -174,7 +174,7 @@ def test_cache_from_another_vae_is_refused(cache_dir, codec, tmp_path):
     name = sorted(params["encoder"])[0]
     params["encoder"][name] = jax.tree.map(lambda p: p + 0.5, params["encoder"][name])
     other_dir = tmp_path / "other_vae"
-    checkpoint.export_params(other_dir, params, checkpoint.load_export_config(VAE_DIR))
+    exports.write_export(other_dir, params, exports.load_export_config(VAE_DIR))
     config = train_config(cache_dir)
     config.vae_checkpoint = str(other_dir)
     with pytest.raises(ValueError, match="encoded by a different VAE"):

@@ -1,5 +1,5 @@
 """Packing: first-fit against hand-worked rows, and a sample's DiT output and loss do not depend
-on what else is packed in its row (DESIGN.md §4)."""
+on what else is packed in its row (docs/architecture.md §4)."""
 
 import dataclasses
 import functools

@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from soraj.cli import check_generate_args, generate_parser
+from soraj.cli import generate_parser
 from soraj.data.video_io import write_mp4
 from soraj.generate import Generator
 from soraj.generate_modes import prepare_mode, run_mode
+from soraj.generate_request import GenerateRequest, check_request
 from soraj.prompting import PlanBuilder, fit_frames, latent_of_pixel
 
 CHECKPOINT = "experiments/shapes/checkpoint"
@@ -127,7 +128,7 @@ def _check(argv):
     args = generate_parser().parse_args(
         ["--checkpoint", CHECKPOINT, "--prompt", PROMPT, "--frames", "9", *argv]
     )
-    return check_generate_args(args)
+    return check_request(GenerateRequest.from_args(args)).mode
 
 
 @pytest.mark.parametrize(

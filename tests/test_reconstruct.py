@@ -18,9 +18,10 @@ SHIPPED_VAE = "experiments/shapes/checkpoint/vae"  # the tiny Shapes VAE: ft = 4
 
 @pytest.fixture(scope="module")
 def input_video(tmp_path_factory):
-    """An 11-frame 36×40 Shapes clip: neither its length nor its size fits the VAE exactly."""
+    """An 11-frame 36×40 Shapes clip at 12 fps: neither its length nor its size fits the VAE
+    exactly, and its rate is not the writer's default."""
     clip = ShapesSource(1, 11, 36, 40, seed=3, split="all")[0]["video"]
-    return write_mp4(tmp_path_factory.mktemp("input") / "clip.mp4", clip, fps=8)
+    return write_mp4(tmp_path_factory.mktemp("input") / "clip.mp4", clip, fps=12)
 
 
 def run_cli(argv):
@@ -48,8 +49,8 @@ def test_reconstruct_reports_metrics_of_the_codec_round_trip(input_video, tmp_pa
     assert result["compression_ratio"] == pytest.approx(9 * 36 * 40 * 3 / (3 * 9 * 10 * 8))
     assert result["latent_shape"] == [3, 9, 10, 8]
     assert 0 < result["ssim"] <= 1 and result["peak_memory_bytes"] > 0
-    side_by_side, _ = read_video(result["video"])
-    assert side_by_side.shape == (9, 36, 80, 3)
+    side_by_side, fps = read_video(result["video"])
+    assert side_by_side.shape == (9, 36, 80, 3) and fps == 12.0  # the input's own rate
     assert result["video"] in captured.err
 
 

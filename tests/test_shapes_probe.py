@@ -40,7 +40,7 @@ def test_ground_truth_scores_high_and_wrong_captions_and_noise_near_zero(num_fra
     videos, captions = _clips(num_frames, height, width)
     truth = score_videos(videos, captions)
     assert truth["num_videos"] == NUM_CLIPS
-    assert truth["overall"] >= 0.98, truth
+    assert truth["overall"] >= 0.98 and truth["fully_right"] >= 0.97, truth
 
     wrong = score_videos(videos, _mismatched(captions))
     assert wrong["present"] <= 0.1 and wrong["overall"] <= 0.15, wrong
@@ -92,19 +92,27 @@ def test_hand_drawn_shapes_and_motions(shape, step, motion):
     assert score_video(video, caption) == {
         "present": 1.0,
         "shape": 1.0,
+        "size": 1.0,
         "motion": 1.0,
         "background": 1.0,
         "overall": 1.0,
+        "fully_right": 1.0,
     }
     other_shape = next(s for s in shapes.SHAPES if s != shape)
     wrong = f"A large orange {other_shape} stays still. The background is black."
     assert score_video(video, wrong) == {
         "present": 1.0,
         "shape": 0.0,
+        "size": 1.0,
         "motion": 0.0,
         "background": 0.0,
-        "overall": 0.25,
+        "overall": 0.4,
+        "fully_right": 0.0,
     }
+    # A 16-pixel shape on a 48-pixel canvas is large (0.36 × 48 = 17.3), not small (10.6).
+    small = f"A small orange {shape} {motion}. The background is gray."
+    assert score_video(video, small)["size"] == 0.0
+    assert score_video(video, small)["fully_right"] == 0.0
 
 
 def test_still_object_and_averaging_over_videos():
@@ -114,14 +122,16 @@ def test_still_object_and_averaging_over_videos():
     blank = np.full_like(still, BACKGROUNDS["black"])
     # Blank black frames: only the background check of a black caption can pass.
     black_caption = caption.replace("gray", "black")
-    assert score_video(blank, black_caption)["overall"] == 0.25
+    assert score_video(blank, black_caption)["overall"] == 0.2
     averaged = score_videos([still, blank], [caption, black_caption])
     assert averaged == {
         "present": 0.5,
         "shape": 0.5,
+        "size": 0.5,
         "motion": 0.5,
         "background": 1.0,
-        "overall": 0.625,
+        "overall": 0.6,
+        "fully_right": 0.5,
         "num_videos": 2,
     }
 
@@ -132,7 +142,7 @@ def test_scattered_pixels_of_the_right_colour_are_not_an_object():
     checkerboard = (rows + cols) % 2 == 0  # right colour, right area, no connected blob
     video[:, 14:34, 14:34][:, checkerboard] = COLOURS["red"]
     scores = score_video(video, "A large red square stays still. The background is gray.")
-    assert scores["present"] == 0.0 and scores["overall"] == 0.25
+    assert scores["present"] == 0.0 and scores["overall"] == 0.2
 
 
 def test_rejects_bad_input():
@@ -146,3 +156,17 @@ def test_rejects_bad_input():
         score_video(video, "a red square")
     with pytest.raises(ValueError, match="one caption per video"):
         score_videos([video, video], [caption])
+
+
+def test_bootstrap_interval_covers_the_normal_approximation():
+    from soraj.eval.bootstrap import bootstrap_interval
+
+    rng = np.random.default_rng(0)
+    values = (rng.uniform(size=400) < 0.3).astype(float)  # 400 prompts, 30 % fully right
+    low, high = bootstrap_interval(values, np.random.default_rng(1))
+    mean = values.mean()
+    half_width = 1.96 * np.sqrt(mean * (1 - mean) / len(values))  # the binomial closed form
+    assert low < mean < high
+    np.testing.assert_allclose([low, high], [mean - half_width, mean + half_width], atol=0.01)
+    with pytest.raises(ValueError, match="non-empty 1-D"):
+        bootstrap_interval([], rng)

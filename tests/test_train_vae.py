@@ -138,6 +138,7 @@ def toy_loss_config():
             pixel_loss="l1",
             pixel_weight=0.1,
             mse_weight=1.0,
+            edge_weight=0.5,
             kl_weight=1e-2,
             gan_weight=0.5,
             adaptive_weight_max=1e4,
@@ -165,7 +166,12 @@ def test_adaptive_weight_matches_two_direct_gradients():
             out, mean, logvar = vae.apply({"params": p}, videos[n], sample_rng=rngs[n])
             error = out - videos[n]
             kl = 0.5 * (mean**2 + jnp.exp(logvar) - 1 - logvar).reshape(len(out), -1).sum(-1)
-            per_shape.append((0.1 * jnp.abs(error).mean() + jnp.square(error).mean(), kl.mean()))
+            edges = sum(  # squared error of vertical and horizontal neighbour differences
+                jnp.square(jnp.diff(out, axis=a) - jnp.diff(videos[n], axis=a)).mean()
+                for a in (2, 3)
+            )
+            pixel = 0.1 * jnp.abs(error).mean() + jnp.square(error).mean() + 0.5 * edges
+            per_shape.append((pixel, kl.mean()))
         pixels, kls = zip(*per_shape, strict=True)
         return jnp.mean(jnp.stack(pixels)) + 1e-2 * jnp.mean(jnp.stack(kls))
 
@@ -326,13 +332,13 @@ def quick_compiles(cache_directory):
 TOTAL_STEPS, RESTART_STEP, GAN_START = 5, 3, 2
 
 
-def run_config(folder, total_steps, save_every):
+def run_config(folder, total_steps, save_every, sample_every=100):
     config = micro_config(source="video_folder", folder=str(folder), num_clips=64)
     config.loss.gan_start_step = GAN_START
     config.discriminator.update(base_channels=4, num_downsamples=1)
     config.total_steps = total_steps
     config.log_every, config.save_every = 1, save_every
-    config.sample_every = 100
+    config.sample_every = sample_every  # and at the last step; 0: never
     config.keep_checkpoints = 10
     config.num_stats_batches = 1
     return config
@@ -351,7 +357,8 @@ def runs(tmp_path_factory):
     with pytest.MonkeyPatch.context() as patch, quick_compiles(root / "xla_cache"):
         patch.setitem(VAE_PRESETS, MICRO, MICRO_CONFIG)
         straight = train_vae.train_and_evaluate(
-            run_config(folder, TOTAL_STEPS, save_every=TOTAL_STEPS), root / "straight"
+            run_config(folder, TOTAL_STEPS, save_every=TOTAL_STEPS, sample_every=0),
+            root / "straight",
         )
         # Saves every step up to the restart: the GAN test reads those checkpoints.
         train_vae.train_and_evaluate(run_config(folder, RESTART_STEP, 1), root / "resumed")
@@ -380,6 +387,7 @@ def test_resume_gives_bitwise_the_same_losses_and_params(runs):
     for field in ("params", "ema_params", "opt_state", "disc_params", "disc_opt_state"):
         chex.assert_trees_all_equal(getattr(straight, field), getattr(resumed, field))
     assert (root / "resumed" / "samples" / f"reconstruction_{TOTAL_STEPS:06d}.gif").is_file()
+    assert not (root / "straight" / "samples").exists()  # sample_every = 0: never
     assert (root / "resumed" / "export" / "config.json").is_file()
 
 

@@ -1,4 +1,5 @@
-"""The trainers' parts: optimizer schedule and EMA, exports, the input pipeline, the mesh."""
+"""The trainers' parts: optimizer schedule and EMA, the input pipeline, the mesh (exports:
+tests/test_exports.py)."""
 
 import chex
 import jax
@@ -50,25 +51,6 @@ def test_nonfinite_gradients_are_skipped():
     chex.assert_trees_all_equal(state.params, {"w": jnp.ones(2)})
     state = state.apply_gradients({"w": jnp.array([1.0, 1.0])}, optimizer, 0.9)
     assert np.all(np.asarray(state.params["w"]) < 1.0)
-
-
-def test_export_round_trip_and_mismatch(tmp_path):
-    params = {"dense": {"kernel": jnp.arange(6.0).reshape(2, 3) / 7, "bias": jnp.ones(3)}}
-    target = tmp_path / "export"
-    checkpoint.export_params(target, params, {"kind": "test"}, dtype=jnp.float32)
-    restored, config = checkpoint.load_export(target, jax.eval_shape(lambda: params))
-    chex.assert_trees_all_equal(restored, params)
-    assert config == {"kind": "test", "param_dtype": "float32"}
-    # bfloat16 exports round to the nearest bfloat16 and come back as float32.
-    checkpoint.export_params(target, params, {"kind": "test"})
-    restored, _ = checkpoint.load_export(target, jax.eval_shape(lambda: params))
-    expected = jax.tree.map(lambda p: p.astype(jnp.bfloat16).astype(jnp.float32), params)
-    chex.assert_trees_all_equal(restored, expected)
-    wrong = {"dense": {"kernel": jnp.zeros((3, 3)), "bias": jnp.ones(3)}}
-    with pytest.raises(ValueError, match=r"kernel: stored \(2, 3\), expected \(3, 3\)"):
-        checkpoint.load_export(target, jax.eval_shape(lambda: wrong))
-    with pytest.raises(ValueError, match="not an exported checkpoint"):
-        checkpoint.load_export(tmp_path, jax.eval_shape(lambda: params))
 
 
 def test_pipeline_is_deterministic_and_resumes():

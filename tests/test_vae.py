@@ -301,3 +301,43 @@ def test_preset_factors():
     assert (TINY.temporal_factor, TINY.spatial_factor, TINY.latent_channels) == (4, 4, 8)
     big = VAE_PRESETS["4x8x8-c16"]
     assert (big.temporal_factor, big.spatial_factor, big.latent_channels) == (4, 8, 16)
+
+
+# ---- Pixel patches -----------------------------------------------------------------------
+
+
+def test_pixel_patches_match_a_naive_loop_and_invert():
+    from soraj.models.vae import patches_to_pixels, pixels_to_patches
+
+    video = np.random.default_rng(0).normal(size=(2, 3, 8, 12, 3)).astype(np.float32)
+    expected = np.zeros((2, 3, 4, 6, 12), np.float32)
+    for row in range(4):
+        for col in range(6):
+            # Channels in (dy, dx, rgb) order: the patch's pixels row by row.
+            block = video[:, :, 2 * row : 2 * row + 2, 2 * col : 2 * col + 2, :]
+            expected[:, :, row, col] = block.reshape(2, 3, 12)
+    patches = np.asarray(pixels_to_patches(video, 2))
+    np.testing.assert_array_equal(patches, expected)
+    np.testing.assert_array_equal(np.asarray(patches_to_pixels(patches, 2)), video)
+
+
+def test_pixel_patch_counts_in_the_spatial_factor_and_keeps_causality():
+    cfg = VAE_PRESETS["tiny64"]
+    assert (cfg.pixel_patch, cfg.spatial_factor, cfg.temporal_factor) == (2, 4, 4)
+    assert latent_shape(cfg, 9, 64, 64) == (3, 16, 16, 8)
+    video = _video(3, 9, size=16)
+    params = VideoVAE(cfg).init(_key(0), video)
+    mean, _ = _encode(cfg, params, video)
+    assert mean.shape == (1, 3, 4, 4, 8)
+    changed = video.at[:, 1:].set(_video(4, 8, size=16))  # frame 0 is encoded alone
+    np.testing.assert_array_equal(_encode(cfg, params, changed)[0][:, :1], mean[:, :1])
+    assert _decode(cfg, params, mean).shape == video.shape
+    with pytest.raises(ValueError, match=r"pixel_patch must be one of \(1, 2, 4\), got 3"):
+        VAEConfig(pixel_patch=3)
+    with pytest.raises(ValueError, match=r"spatial factor of 32; allowed: \(4, 8, 16\)"):
+        VAEConfig(
+            pixel_patch=4,
+            spatial_downsample=(True, True, True),
+            channel_multipliers=(1,) * 4,
+            temporal_downsample=(True, True, False),
+        )

@@ -58,6 +58,8 @@ def _xla_chunk_call_bytes(config, stage, batch, frames, h, w):
     "preset, stage, batch, frames, height, width",
     [
         ("tiny", "encode", 2, 8, 64, 32),
+        ("tiny64", "encode", 2, 8, 64, 64),
+        ("tiny64", "decode", 2, 8, 64, 64),
         ("cpu-4x8x8-c16", "encode", 1, 4, 32, 32),
         ("cpu-4x8x8-c16", "decode", 1, 8, 64, 64),
     ],

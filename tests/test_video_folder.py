@@ -141,6 +141,19 @@ def test_source_skips_broken_files_and_logs_them(folder, caplog):
         assert item["caption"] == captions[item["path"]]
 
 
+def test_items_carry_their_files_frame_rate(folder):
+    root, _ = folder
+    source = VideoFolderSource(root, NUM_FRAMES, HEIGHT, WIDTH)
+    rates = {item["path"]: item["fps"] for item in (source[i] for i in range(len(source)))}
+    with av.open(str(DEMO_MP4)) as container:  # the reference: PyAV's own stream rate
+        demo_rate = float(container.streams.video[0].average_rate)
+    assert rates["clip.mp4"] == rates["clip.webm"] == demo_rate == 24.0
+    assert rates["stills/coffee.png"] == 1.0  # a still has no rate of its own: IMAGE_FPS
+    assert source.frame_rate == 24.0  # the folder's videos, stills aside
+    windows = VideoFolderSource(root, NUM_FRAMES, None, None, num_random_clips=3, seed=1)
+    assert all(windows[i]["fps"] == source.frame_rates[windows[i]["path"]] for i in range(3))
+
+
 def test_video_item_is_the_area_downscaled_first_frames(folder):
     root, _ = folder
     item = VideoFolderSource(root, NUM_FRAMES, HEIGHT, WIDTH)[0]

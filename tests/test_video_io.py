@@ -53,6 +53,14 @@ def test_write_mp4_is_h264_and_close_to_the_input(tmp_path):
     assert psnr(frames, video) > 30
 
 
+@pytest.mark.parametrize("fps", [12, 29.97])
+def test_an_mp4_is_read_back_at_the_rate_it_was_written(tmp_path, fps):
+    written = write_mp4(tmp_path / "clip.mp4", smooth_video(), fps=fps)
+    _, (_, _, stored) = decode_with_pyav(written)
+    _, read = read_video(written)
+    assert read == stored == pytest.approx(fps, abs=1e-3)
+
+
 def test_write_mp4_upscales_by_nearest_neighbour(tmp_path):
     video = smooth_video(num_frames=3, height=16, width=16)
     frames, _ = decode_with_pyav(write_mp4(tmp_path / "big.mp4", video, upscale=3))

@@ -25,7 +25,8 @@ TIMESTEP_FREQUENCIES = 256  # TimestepEmbedder's sinusoid size (soraj/models/lay
 
 @dataclasses.dataclass(frozen=True)
 class PackedShape:
-    """The shape of one packed batch (DESIGN.md §4) and the self-attention window it runs with."""
+    """The shape of one packed batch (docs/architecture.md §4) and the self-attention window it
+    runs with."""
 
     rows: int  # B
     row_length: int  # L

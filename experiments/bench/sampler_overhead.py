@@ -3,15 +3,20 @@ against one bare jitted DiT call on the same doubled (guidance) batch, timed in 
 
 Per step the sampler also runs guidance's combination, the Euler update and the clamp of
 padding, and it should cost at most 1.05× the bare call. The text side is computed once per
-generation (tests/test_sample_rows.py), so it is in neither number. Settings: the tiny DiT
-(t2v.py:tiny, random weights) on four 9×32×32 prompts (48 tokens each), and the S/2 DiT on one
-17×128×128 prompt through a 4×8×8 VAE (5×8×8 = 320 tokens), float32.
+generation (tests/test_sample_rows.py), so it is in neither number. `soraj generate` compiles
+the sampler with report_steps (a host callback per step moving a progress bar); its seconds per
+step are timed in the same turns, against the sampler without it (`progress_ratio`).
+
+Settings: the tiny DiT (t2v.py:tiny, random weights) on four 9×32×32 prompts (48 tokens each),
+and the S/2 DiT on one 17×128×128 prompt through a 4×8×8 VAE (5×8×8 = 320 tokens), float32.
 
     .venv/bin/python experiments/bench/sampler_overhead.py      # about 2 minutes on 2 cores
 """
 
 import argparse
+import contextlib
 import dataclasses
+import io
 import json
 import os
 import statistics
@@ -27,6 +32,7 @@ from soraj.generate_packed import request_noise
 from soraj.models.conditioning import TextConfig
 from soraj.models.dit import DIT_PRESETS, DiT
 from soraj.sample_rows import guided_conditioning, sample_rows
+from soraj.sampling_progress import StepProgress
 
 RESULTS = Path(__file__).parent / "results"
 TEXT = TextConfig(max_tokens=64)
@@ -51,6 +57,9 @@ def timers(preset: str, channels: int, prompts: int, grid, steps: int):
     rows = single_request_rows(noise, grid, 1.0, conditioning)
     static = dict(dit=dit, text_config=TEXT, num_steps=steps)
     sampler = sample_rows.lower(params, rows, jnp.float32(4.0), **static).compile()
+    reporting = sample_rows.lower(
+        params, rows, jnp.float32(4.0), **static, report_steps=True
+    ).compile()
 
     both = guided_conditioning(params, rows, dit, TEXT)  # what the sampler hoists
     doubled = {k: jnp.concatenate([rows[k], rows[k]]) for k in ("noise", "coords", "segment_ids")}
@@ -67,12 +76,18 @@ def timers(preset: str, channels: int, prompts: int, grid, steps: int):
         jax.block_until_ready(sampler(params, rows, jnp.float32(4.0)))
         return (time.perf_counter() - started) / steps
 
+    def progress_step_seconds():  # the bar is drawn, into a buffer rather than the table
+        started = time.perf_counter()
+        with contextlib.redirect_stderr(io.StringIO()), StepProgress(steps):
+            jax.block_until_ready(reporting(params, rows, jnp.float32(4.0)))
+        return (time.perf_counter() - started) / steps
+
     def bare_seconds():
         started = time.perf_counter()
         jax.block_until_ready(bare(*args))
         return time.perf_counter() - started
 
-    return sampler_step_seconds, bare_seconds
+    return sampler_step_seconds, progress_step_seconds, bare_seconds
 
 
 def main():
@@ -83,15 +98,18 @@ def main():
     args = parser.parse_args()
     result = {"steps": args.steps, "rounds": args.rounds, "load_before": os.getloadavg()[0]}
     for name, (preset, channels, prompts, grid) in SETTINGS.items():
-        sampler_step, bare = timers(preset, channels, prompts, grid, args.steps)
-        sampler_step(), bare()  # first calls allocate
-        ratios, steps, calls = [], [], []
+        sampler_step, progress_step, bare = timers(preset, channels, prompts, grid, args.steps)
+        sampler_step(), progress_step(), bare()  # first calls allocate
+        ratios, steps, calls, progress_steps, progress_ratios = [], [], [], [], []
         for _ in range(args.rounds):
             step = sampler_step()
+            with_progress = progress_step()
             call = statistics.median(bare() for _ in range(args.steps))
             steps.append(step)
             calls.append(call)
             ratios.append(step / call)
+            progress_steps.append(with_progress)
+            progress_ratios.append(with_progress / step)
         result[name] = {
             "preset": preset,
             "prompts": prompts,
@@ -99,11 +117,15 @@ def main():
             "sampler_seconds_per_step": statistics.median(steps),
             "bare_call_seconds": statistics.median(calls),
             "ratio": statistics.median(ratios),
+            "progress_seconds_per_step": statistics.median(progress_steps),
+            "progress_ratio": statistics.median(progress_ratios),
         }
         print(
             f"{name}: sampler {result[name]['sampler_seconds_per_step'] * 1e3:.2f} ms a step, "
             f"bare call {result[name]['bare_call_seconds'] * 1e3:.2f} ms: "
-            f"{result[name]['ratio']:.3f}×",
+            f"{result[name]['ratio']:.3f}×; with the progress callback "
+            f"{result[name]['progress_seconds_per_step'] * 1e3:.2f} ms a step: "
+            f"{result[name]['progress_ratio']:.3f}× the sampler without",
             flush=True,
         )
     result["load_after"] = os.getloadavg()[0]

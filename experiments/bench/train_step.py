@@ -124,7 +124,8 @@ def dit_config(setting: Setting, text_width: int) -> DiTConfig:
 
 
 def synthetic_batch(setting: Setting, patch_features: int, text: TextConfig, seed: int = 0):
-    """A packed host batch (DESIGN.md §4) of whole clips with random latents and text states."""
+    """A packed host batch (docs/architecture.md §4) of whole clips with random latents and text
+    states."""
     rng = np.random.default_rng(seed)
     B, L, S, n = setting.rows, setting.row_length, setting.segments, setting.token_budget
     coords = np.asarray(patching.patch_coords(setting.clip_grid))  # (n, 3)

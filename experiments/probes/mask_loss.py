@@ -11,73 +11,34 @@ import argparse
 import json
 from pathlib import Path
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
 from soraj.data.frame_masks import MASK_TYPES, given_frames
-from soraj.data.shapes import ShapesSource
-from soraj.diffusion.objective import flow_matching_loss
+from soraj.eval.validation_loss import heldout_clips, velocity_loss_fn
 from soraj.generate import Generator
-from soraj.models import patching
-from soraj.models.conditioning import segment_inputs, text_states
 
 TIMES = (0.25, 0.5, 0.75)
 
 
-def mask_batches(codec, text_encoder, clips: int, seed: int = 11) -> dict:
-    """Per mask type, a batch of `clips` held-out clips (one per row): latents, coords, the
-    given-token mask, text and noise, drawn once."""
-    source = ShapesSource(clips, 9, 32, 32, seed=seed, split="heldout")
-    encode = jax.jit(codec.encode)
-    latents = np.asarray(encode(codec.params, np.stack([source[i]["video"] for i in range(clips)])))
-    text, text_mask = segment_inputs(text_encoder, [source[i]["caption"] for i in range(clips)])
+def mask_batches(generator, clips: int, seed: int = 11) -> dict:
+    """Per mask type, the same `clips` held-out clips (one per row) with that type's given
+    tokens, drawn once per type."""
+    plain = heldout_clips(generator, clips, 9, 32, 32, seed)
+    latent_frames = generator.codec.latent_shape(9, 32, 32)[0]
     batches = {}
     for m, name in enumerate(MASK_TYPES):
         if name in ("text_to_video", "independent"):
             continue
         rng = np.random.default_rng((seed, m))
-        tokens, coords, given = [], [], []
-        for clip in latents:
-            t, c = patching.patchify(jnp.asarray(clip), (1, 2, 2))
-            frames = given_frames(name, clip.shape[0], rng)
-            tokens.append(np.asarray(t))
-            coords.append(np.asarray(c))
-            given.append(frames[np.asarray(c)[:, 0]])
-        batches[name] = {
-            "latents": np.stack(tokens),
-            "coords": np.stack(coords),
-            "given": np.stack(given),
-            "noise": rng.normal(size=np.shape(tokens)).astype(np.float32),
-            "text": text,
-            "text_mask": text_mask,
-        }
-    tokens = batches["first_frame"]
-    batches["text_to_video"] = dict(tokens, given=np.zeros_like(tokens["given"]))
+        given = [given_frames(name, latent_frames, rng)[coords[:, 0]] for coords in plain["coords"]]
+        batches[name] = dict(plain, given=np.stack(given))
+    batches["text_to_video"] = plain
     return batches
 
 
 def validation_losses(generator, batches) -> dict:
-    dit, params = generator.dit, generator.params
-
-    @jax.jit
-    def loss_at(batch, t_value):
-        states, mask = text_states(
-            generator.text_config, params.get("text"), batch["text"], batch["text_mask"]
-        )
-        segment_ids = jnp.ones(batch["given"].shape, jnp.int32)
-        t = jnp.where(batch["given"], 0.0, t_value)
-
-        def denoise(x_t, t):
-            return dit.apply(
-                {"params": params["dit"]}, x_t, t, batch["coords"], segment_ids, states, mask
-            )
-
-        loss, _ = flow_matching_loss(
-            denoise, batch["latents"], batch["noise"], t, segment_ids, batch["given"], 1
-        )
-        return loss
-
+    loss_at = velocity_loss_fn(generator)
     return {
         name: {f"t={t}": float(loss_at(batch, jnp.float32(t))) for t in TIMES}
         for name, batch in batches.items()
@@ -95,7 +56,7 @@ def main():
     results = {}
     for checkpoint in args.checkpoints:
         generator = Generator.load(checkpoint)
-        batches = mask_batches(generator.codec, generator.text_encoder, args.clips)
+        batches = mask_batches(generator, args.clips)
         results[checkpoint] = validation_losses(generator, batches)
         print(checkpoint, json.dumps(results[checkpoint], indent=1), flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)

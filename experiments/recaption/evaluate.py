@@ -28,12 +28,12 @@ from soraj.captions.expand import expand_prompt
 from soraj.captions.prompt_parse import StatedObject
 from soraj.data.shapes import dense_caption, sample_scene
 from soraj.data.shapes_alt_text import BACKGROUND_WORDS, MOTION_WORDS, SHAPE_WORDS, SIZE_WORDS
+from soraj.eval.bootstrap import bootstrap_interval
 from soraj.eval.stated_probe import score_stated
 
 EVAL_SEED = 424_242
 SHORT_ODDS = {"size": 0.3, "motion": 0.3, "background": 0.3}
 PROMPT_SETS = ("dense", "short", "short+rule", "short+learned")
-BOOTSTRAP = 10_000
 # Paired differences between runs, where both were scored. E-single and E-per_segment are run E
 # with other adaLN layouts (experiments/bench/modulation.py).
 COMPARED = (
@@ -81,11 +81,6 @@ def prompt_sets(n: int):
             revised = expand_prompt(text, backend, seed=i).revised
             sets[f"short+{backend}"].append((revised, stated, background))
     return sets
-
-
-def bootstrap_interval(values: np.ndarray, rng) -> list[float]:
-    means = values[rng.integers(len(values), size=(BOOTSTRAP, len(values)))].mean(axis=1)
-    return [float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))]
 
 
 def score_run(run_dir: Path, sets: dict, batch: int, steps: int, guidance: float) -> dict:

@@ -2,7 +2,7 @@
 # The shapes-probe numbers of experiments/shapes/NOTES.md and README: the shipped checkpoint
 # and the demo's quick checkpoint on 50 prompts whose colour-shape pairs were held out from
 # training, and on 50 prompts of the training distribution. Run from the repository root.
-# QUICK: the quick checkpoint's folder (made by `soraj demo --checkpoint /nonexistent`).
+# QUICK: the quick checkpoint's folder (made by `soraj demo --train-quick-checkpoint --out out/quick`).
 set -euo pipefail
 QUICK=${QUICK:-out/quick/quick_checkpoint/dit/export}
 RESULTS=experiments/shapes/results

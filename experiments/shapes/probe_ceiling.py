@@ -20,9 +20,13 @@ def main():
     parser.add_argument("--vae", required=True)
     parser.add_argument("--num-clips", type=int, default=100)
     parser.add_argument("--split", default="heldout")
+    parser.add_argument("--frames", type=int, default=9)
+    parser.add_argument("--size", type=int, default=32, help="canvas height and width")
     args = parser.parse_args()
     codec = LatentCodec.load(args.vae)
-    source = ShapesSource(args.num_clips, 9, 32, 32, seed=1234, split=args.split)
+    source = ShapesSource(
+        args.num_clips, args.frames, args.size, args.size, seed=1234, split=args.split
+    )
     clips = [source[i] for i in range(len(source))]
     videos = np.stack([c["video"] for c in clips])
     captions = [c["caption"] for c in clips]
@@ -34,6 +38,7 @@ def main():
         "ground_truth": score_videos(videos, captions),
         "vae_reconstruction": score_videos(reconstructions, captions),
         "split": args.split,
+        "clip": [args.frames, args.size, args.size],
     }
     print(json.dumps(result, indent=2))
 

@@ -7,24 +7,18 @@ import sys
 from pathlib import Path
 
 from soraj.captions.captioner import MODES
+from soraj.exports import find_export
 
 
 def caption_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="soraj caption", description="video file → caption")
-    parser.add_argument("--checkpoint", required=True, help="captioner export or its workdir")
+    parser.add_argument(
+        "--checkpoint", required=True, help="captioner export, its workdir, or a bundle"
+    )
     parser.add_argument("--input", required=True, help="a video file (mp4, avi, gif, ...)")
     parser.add_argument("--mode", choices=MODES, default="dense")
     parser.add_argument("--beam", type=int, default=1, help="beam width (1: greedy)")
     return parser
-
-
-def resolve_captioner(path: str) -> Path:
-    from soraj import checkpoint
-
-    for candidate in (Path(path), Path(path) / "export"):
-        if checkpoint.is_export(candidate):
-            return candidate
-    raise ValueError(f"no captioner export at {path} (nor in its export/ folder)")
 
 
 def run_caption(argv: list[str]) -> dict:
@@ -34,7 +28,7 @@ def run_caption(argv: list[str]) -> dict:
             raise ValueError(f"--beam must be a positive integer (1: greedy), got {args.beam}")
         if not Path(args.input).is_file():
             raise ValueError(f"--input {args.input} is not a file; give a video file")
-        directory = resolve_captioner(args.checkpoint)
+        directory = find_export(args.checkpoint, "captioner")
         from soraj.captions.captioner import Captioner
         from soraj.data.video_io import read_video
 

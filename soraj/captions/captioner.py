@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from soraj import checkpoint
+from soraj import checkpoint, exports
 from soraj.captions.decoder import TextDecoder
 from soraj.captions.decoding import beam_search, greedy_decode
 from soraj.captions.vocab import UNK_ID, CaptionVocab
@@ -236,14 +236,17 @@ class Captioner:
 
     @classmethod
     def load(cls, directory: str | Path) -> "Captioner":
-        directory = Path(directory)
-        stored = checkpoint.load_export_config(directory)
-        if stored.get("kind") != "captioner":
-            raise ValueError(f"{directory} is a {stored.get('kind')!r} export, not a captioner")
+        """The captioner export exports.find_export finds at directory (the export, a
+        `soraj train-captioner` workdir or a bundle's captioner/)."""
+        directory = exports.find_export(directory, "captioner")
+        stored = exports.load_export_config(
+            directory, "captioner", required=("vocab", "captioner_config")
+        )
         vocab = CaptionVocab.from_dict(stored["vocab"])  # refuses another tokenizer
-        config = CaptionerConfig(**stored["captioner_config"])
+        with exports.config_errors(directory):
+            config = CaptionerConfig(**stored["captioner_config"])
         abstract = jax.eval_shape(lambda: init_captioner(config, jax.random.key(0)))
-        params, _ = checkpoint.load_export(directory, abstract)
+        params, _ = exports.load_export(directory, abstract)
         return cls(config, vocab, params)
 
     def caption(self, videos: np.ndarray, mode: str = "dense", beam: int = 1) -> list[str]:
@@ -282,4 +285,4 @@ def export_captioner(directory: Path, params, config: CaptionerConfig, vocab, ex
         "code_version": checkpoint.code_version(),
         **extra,
     }
-    return checkpoint.export_params(directory, params, stored)
+    return exports.write_export(directory, params, stored)

@@ -5,7 +5,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from soraj import checkpoint
+from soraj import exports
 from soraj.captions.expand import BACKENDS, Expansion, expand_prompt
 from soraj.captions.expander_model import SHIPPED_EXPANDER
 
@@ -33,17 +33,19 @@ def check_expand_args(args) -> None:
         )
     if args.expand == "learned":
         folder = Path(args.expander_checkpoint or SHIPPED_EXPANDER)
-        if not (checkpoint.is_export(folder) or checkpoint.is_export(folder / "export")):
-            raise ValueError(
-                f"--expander-checkpoint {folder} holds no expander export; train one with "
-                "`soraj train-expander --config=soraj/configs/expander.py:tiny --workdir=DIR`"
-            )
+        try:
+            exports.find_export(folder, "expander")
+        except exports.BundleError as error:
+            raise exports.BundleError(
+                f"--expander-checkpoint: {error}; train one with `soraj train-expander "
+                "--config=soraj/configs/expander.py:tiny --workdir=DIR`"
+            ) from error
 
 
 def check_prompt_length(prompt: str, bundle: Path, which: str) -> None:
     """The prompt must fit the checkpoint's text encoder (it would be cut silently): counted
     with the tokenizer alone, before any weights load."""
-    text = checkpoint.load_export_config(bundle / "dit").get("text")
+    text = exports.load_export_config(bundle / "dit", "dit").get("text")
     if text is None:  # a class-conditional model reads class names
         return
     limit = text.get("max_tokens", 32)

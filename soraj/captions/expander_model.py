@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from soraj import checkpoint
+from soraj import exports
 from soraj.captions.decoder import TextDecoder
 from soraj.captions.decoding import sample_decode
 from soraj.captions.expand import Expansion, expand_rule, violations
@@ -55,15 +55,15 @@ class LearnedExpander:
     def load(cls, directory: str | Path | None = None) -> "LearnedExpander":
         from soraj.models.text import MiniLMEncoder
 
-        directory = Path(directory or SHIPPED_EXPANDER)
-        export = directory / "export" if checkpoint.is_export(directory / "export") else directory
-        stored = checkpoint.load_export_config(export)
-        if stored.get("kind") != "expander":
-            raise ValueError(f"{export} holds a {stored.get('kind')!r} export, not an expander")
-        config = ExpanderConfig(**stored["expander_config"])
+        export = exports.find_export(directory or SHIPPED_EXPANDER, "expander")
+        stored = exports.load_export_config(
+            export, "expander", required=("expander_config", "vocab")
+        )
+        with exports.config_errors(export):
+            config = ExpanderConfig(**stored["expander_config"])
         vocab = CaptionVocab.from_dict(stored["vocab"])
         abstract = jax.eval_shape(functools.partial(init_params, config, vocab.size), 0)
-        params, _ = checkpoint.load_export(export, abstract)
+        params, _ = exports.load_export(export, abstract)
         return cls(config, vocab, params, MiniLMEncoder(max_tokens=config.text_max_tokens))
 
     def sample(self, prompts, seed: int = 0, temperature: float = 1.0) -> list[str]:

@@ -1,8 +1,8 @@
 """Captioner trainer, `train_and_evaluate(config, workdir)`: pre-training on the original (web)
 captions of every clip, then fine-tuning on the small labelled subset in the dense and short
-modes (DALL·E 3 §2.1). Checkpoints, resume, metrics.jsonl and the progress bar work as in the
-other trainers; the export in WORKDIR/export is what `soraj caption` and `soraj recaption` load.
-"""
+modes (DALL·E 3 §2.1). Checkpoints, resume, preemption, metrics.jsonl and the progress bar are
+the other trainers' (soraj/step_loop.py); the export in WORKDIR/export is what `soraj caption`
+and `soraj recaption` load."""
 
 import functools
 import json
@@ -12,8 +12,9 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import tqdm
 
-from soraj import checkpoint, optim
+from soraj import checkpoint, optim, step_loop
 from soraj.captions.accuracy import caption_accuracy
 from soraj.captions.captioner import (
     Captioner,
@@ -39,7 +40,6 @@ from soraj.data.shapes import (
 )
 from soraj.data.shapes_alt_text import AltTextNoise, is_labelled, original_caption
 from soraj.data.shapes_recolour import random_object_colours
-from soraj.metric_writer import MetricWriter
 
 PHASES = ("pretrain", "finetune")
 OBJECT_ORDERS = ("reading", "scene")  # how labelled captions order a clip's objects
@@ -179,6 +179,31 @@ def phase_iterator(config, phase, vocab, source, labelled):
     return batch_iterator(source, config.batch_size, seed, transform, config.data.threads)
 
 
+class PhasedBatches:
+    """The batches of the phase a step is in: a fresh iterator when pre-training ends, and in
+    a resumed run the checkpoint's iterator position (data_state) if it is of the same phase."""
+
+    def __init__(self, config, vocab: CaptionVocab, source, labelled, data_state: dict | None):
+        self.config, self.vocab, self.source, self.labelled = config, vocab, source, labelled
+        self.resumed = data_state
+        self.phase, self.iterator = None, None
+
+    def next(self, step: int) -> dict:
+        """The batch of step (counted from 1)."""
+        phase = PHASES[int(step > self.config.pretrain_steps)]
+        if phase != self.phase:
+            self.phase = phase
+            self.iterator = phase_iterator(
+                self.config, phase, self.vocab, self.source, self.labelled
+            )
+            if self.resumed is not None and self.resumed["phase"] == phase:
+                self.iterator.set_state(self.resumed["iterator"])
+        return next(self.iterator)
+
+    def get_state(self) -> dict:
+        return {"phase": self.phase, "iterator": self.iterator.get_state()}
+
+
 # ---- The pure train step ----------------------------------------------------------------------
 
 
@@ -220,7 +245,7 @@ def heldout_accuracy(captioner: Captioner, config, mode: str = "dense", beam: in
     return caption_accuracy(captions, [parse_dense_caption(item["caption"]) for item in items])
 
 
-# ---- The loop ---------------------------------------------------------------------------------
+# ---- Set-up (the loop itself is soraj/step_loop.py) -------------------------------------------
 
 
 def captioner_config(config, vocab: CaptionVocab) -> CaptionerConfig:
@@ -229,7 +254,11 @@ def captioner_config(config, vocab: CaptionVocab) -> CaptionerConfig:
     return CaptionerConfig(**fields, vocab_size=vocab.size, unfed_ids=unfed)
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path):
+def prepare(config: ml_collections.ConfigDict, workdir: str | Path) -> step_loop.TrainingRun:
+    """Everything before the first step: checks, vocabulary, model and the restored or fresh
+    state. Bad input is refused here, before any step runs."""
+    total = config.pretrain_steps + config.finetune_steps
+    schedule = step_loop.Schedule.from_config(config, total)
     source, labelled = training_source(config), labelled_indices(config)  # checks the config
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -242,7 +271,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path):
     model_config = captioner_config(config, vocab)
     model = CaptionModel(model_config)
     optimizer = optim.make_optimizer(config.optim)
-    total = config.pretrain_steps + config.finetune_steps
 
     def init_state(rng):
         init_rng, state_rng = jax.random.split(rng)
@@ -251,7 +279,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path):
     rng = jax.random.key(config.seed)
     manager = checkpoint.manager_from_config(config, workdir)
     state, data_state, start_step = checkpoint.restore_or_init(manager, init_state, rng, None)
-    (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
     n_params = sum(x.size for x in jax.tree.leaves(state.params))
     print(
         f"captioner {n_params / 1e6:.2f}M params, vocabulary {vocab.size} word pieces, "
@@ -262,38 +289,47 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path):
         functools.partial(train_step, model=model, optimizer=optimizer, config=config),
         donate_argnums=0,
     )
-    writer = MetricWriter(workdir, total, start_step, "captioner")
-    phase, iterator = None, None
-    for step in range(start_step, total):
-        wanted = PHASES[int(step >= config.pretrain_steps)]
-        if wanted != phase:
-            phase, iterator = wanted, phase_iterator(config, wanted, vocab, source, labelled)
-            if data_state is not None and data_state["phase"] == phase:
-                iterator.set_state(data_state["iterator"])
-        batch = next(iterator)
+    batches = PhasedBatches(config, vocab, source, labelled, data_state)
+
+    def next_step(step, state):
+        batch = batches.next(step)
         state, metrics = step_fn(state, batch, rng)
-        writer.advance()
-        done = step + 1
-        if done % config.log_every == 0 or done == total:
-            writer.write(
-                done, dict(jax.device_get(metrics), phase=PHASES.index(phase)), len(batch["tokens"])
-            )
-        if done % config.save_every == 0 or done == total:
-            data_state = {"phase": phase, "iterator": iterator.get_state()}
-            checkpoint.save_train_state(
-                manager, done, state, data_state, {"step": done}, force=True
-            )
-            export = export_captioner(
-                workdir / "export", state.ema_params, model_config, vocab, {"step": done}
-            )
-            if config.eval_clips and phase == "finetune":
-                accuracy = heldout_accuracy(Captioner.load(export), config)
-                with open(workdir / "heldout_accuracy.jsonl", "a") as log:
-                    log.write(json.dumps({"step": done, **accuracy}) + "\n")
-                writer.progress.write(
-                    f"step {done}: held-out dense exact match {accuracy['exact']:.3f}"
-                )
-    manager.wait_until_finished()
-    writer.close()
-    print(f"captioner export written to {workdir / 'export'}")
-    return state
+        return state, metrics, batch
+
+    def export(step, state):
+        exported = export_captioner(
+            workdir / "export", state.ema_params, model_config, vocab, {"step": step}
+        )
+        if config.eval_clips and batches.phase == "finetune":
+            accuracy = heldout_accuracy(Captioner.load(exported), config)
+            with open(workdir / "heldout_accuracy.jsonl", "a") as log:
+                log.write(json.dumps({"step": step, **accuracy}) + "\n")
+            tqdm.tqdm.write(f"step {step}: held-out dense exact match {accuracy['exact']:.3f}")
+
+    hooks = step_loop.StepHooks(
+        step=next_step,
+        log=lambda metrics, batch: (
+            dict(metrics, phase=PHASES.index(batches.phase)),
+            len(batch["tokens"]),
+        ),
+        data_state=batches.get_state,
+        metadata=lambda step: {"step": step},
+        export=export,
+    )
+    return step_loop.TrainingRun(
+        config,
+        workdir,
+        schedule,
+        hooks,
+        manager,
+        state,
+        start_step,
+        name="captioner",
+        progress="captioner",
+    )
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path):
+    """Trains pretrain_steps + finetune_steps steps, resuming from WORKDIR/checkpoints; on
+    SIGTERM it saves at the next step and raises fault_tolerance.Preempted (exit code 75)."""
+    return prepare(config, workdir).train()

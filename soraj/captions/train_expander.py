@@ -12,7 +12,7 @@ import numpy as np
 import optax
 import tqdm
 
-from soraj import checkpoint
+from soraj import checkpoint, exports, step_loop
 from soraj.captions.expander_model import MODE, ExpanderConfig, init_params
 from soraj.captions.short_prompts import shorten
 from soraj.captions.vocab import PAD_ID, CaptionVocab
@@ -91,6 +91,8 @@ def train_and_evaluate(config, workdir: str | Path) -> Path:
     """Trains, then writes WORKDIR/export (what `--expander-checkpoint` and
     `soraj generate --expand learned` read) and WORKDIR/metrics.jsonl."""
     workdir = Path(workdir)
+    # No checkpoints, so none of the step loop's saves; its logging schedule is shared.
+    step_loop.check_every("log_every", config.log_every)
     model_config = ExpanderConfig(**config.model.to_dict())
     start = time.perf_counter()
     prompts, targets = make_pairs(config.num_pairs, config.seed, config.num_frames)
@@ -124,10 +126,10 @@ def train_and_evaluate(config, workdir: str | Path) -> Path:
             params, opt_state, batch, decoder=decoder, optimizer=optimizer
         )
         writer.advance()
-        if step % config.log_every == 0 or step == config.total_steps:
+        if step_loop.due(step, config.log_every, config.total_steps):
             writer.write(step, jax.device_get(metrics), config.batch_size)
     writer.close()
-    export = checkpoint.export_params(
+    export = exports.write_export(
         workdir / "export",
         params,
         {

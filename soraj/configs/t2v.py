@@ -4,6 +4,7 @@ import ml_collections
 
 from soraj.configs import scale_out
 from soraj.data.frame_masks import MASK_SHARES
+from soraj.data.shapes import FPS as SHAPES_FPS
 
 # Per preset: the DiT preset, the clips (frames, height, width) and the batch size.
 # Per preset: the DiT preset, the default clip (frames, height, width), the packed rows
@@ -16,6 +17,19 @@ _PRESETS = {
         num_frames=9,
         height=32,
         width=32,
+        batch_size=8,
+        row_length=192,
+        max_segments=4,
+        token_budget=192,
+    ),
+    # The shipped Shapes model: 9×64×64 clips through the "tiny64" VAE (3×16×16×8 latents)
+    # in 1×4×4 patches, so a clip is 48 tokens, as tiny's 32×32 clips are in 1×2×2 patches.
+    "tiny64": dict(
+        model="tiny",
+        patch_size=(1, 4, 4),
+        num_frames=9,
+        height=64,
+        width=64,
         batch_size=8,
         row_length=192,
         max_segments=4,
@@ -80,7 +94,7 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
     config.model.depth = dit.depth
     config.model.num_heads = dit.num_heads
     config.model.mlp_ratio = dit.mlp_ratio
-    config.model.patch_size = tuple(dit.patch_size)
+    config.model.patch_size = tuple(preset.get("patch_size", dit.patch_size))
     config.model.attention_backend = dit.attention_backend
     config.model.dtype = "float32"  # compute dtype ("float32" | "bfloat16"); params stay f32
     # Scale-out switches (soraj/models/dit.py): scan_blocks runs the blocks as one nn.scan (one
@@ -132,6 +146,10 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
     # "caption_oracle").
     config.data.root = ""
     config.data.num_random_clips = 0
+    # The training clips' frame rate: the export stores it (trained_on.fps) and `soraj
+    # generate` writes videos at it. The Shapes sources play at the Shapes world's rate; for
+    # video_folder or class_folder give the footage's (VideoFolderSource.frame_rate).
+    config.data.fps = float(SHAPES_FPS)
     # Per sample, which caption field trains: (field, odds) pairs summing to 1, drawn before the
     # dropout, e.g. (("caption_dense", 0.95), ("caption_original", 0.05)) as in DALL·E 3. The
     # fields must be in the source's records (Shapes: caption, caption_original, short_caption).

@@ -22,6 +22,7 @@ from soraj.configs import scale_out
 # the batch size.
 _SHAPES_DATA = {
     "tiny": dict(num_frames=9, height=32, width=32, batch_size=16),
+    "tiny64": dict(num_frames=9, height=64, width=64, batch_size=16),
     "small": dict(num_frames=17, height=64, width=64, batch_size=8),
     "4x8x8-c16": dict(num_frames=17, height=256, width=256, batch_size=32),
 }
@@ -67,6 +68,7 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
     config.loss.charbonnier_epsilon = 1e-3
     config.loss.pixel_weight = 0.1
     config.loss.mse_weight = 1.0
+    config.loss.edge_weight = 0.0  # squared error of spatial differences (vae_losses.edge_loss)
     config.loss.kl_weight = 1e-6
     # The GAN: hinge loss of a 3D PatchGAN, on from gan_start_step (None: never, and no
     # discriminator is built). The generator term is scaled by the VQGAN adaptive weight,

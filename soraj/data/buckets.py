@@ -34,14 +34,6 @@ import math
 
 import numpy as np
 
-STANDARD_AREAS = {  # nominal pixel areas of the usual 16:9 names
-    "144p": 144 * 256,
-    "240p": 240 * 426,
-    "360p": 360 * 640,
-    "480p": 480 * 854,
-    "720p": 720 * 1280,
-    "1080p": 1080 * 1920,
-}
 PARTIAL_BATCHES = ("pad", "drop")
 
 

@@ -12,7 +12,7 @@ import tensorflow_datasets as tfds
 from etils import epath
 from tqdm import tqdm
 
-from soraj import checkpoint
+from soraj import checkpoint, exports
 from soraj.data.latent_cache import (
     DATASET_NAME,
     FORMAT,
@@ -148,7 +148,7 @@ def write_latent_cache(
         latent_shape = list(codec.latent_shape(*size))  # (T', H', W', C)
     else:  # each clip keeps its own (T', H', W')
         latent_shape = [None, None, None, codec.config.latent_channels]
-    vae_stored = checkpoint.load_export_config(vae_dir)
+    vae_stored = exports.load_export_config(vae_dir, "vae")
     metadata = {
         "format": FORMAT,
         "num_records": len(source),

@@ -1,4 +1,4 @@
-"""The grain pipeline of packed training batches (DESIGN.md §4), the way soraj trains:
+"""The grain pipeline of packed training batches (docs/architecture.md §4), the way soraj trains:
 
     source ─ ReplacingSource (bad records swapped for readable ones, counted)
       → this host's shard (ShardByJaxProcess, drop_remainder) → shuffle → repeat
@@ -304,7 +304,8 @@ def _length_struct(spec: PackedDataSpec, text_tokens: int | None) -> dict:
 
 
 class PackedRow:
-    """grain's packed row → one row of DESIGN.md §4's batch (plus caption bytes and counts)."""
+    """grain's packed row → one row of the packed batch (docs/architecture.md §4), plus caption
+    bytes and counts."""
 
     def __init__(self, spec: PackedDataSpec):
         self.spec = spec

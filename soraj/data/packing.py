@@ -1,4 +1,5 @@
-"""Host-side first-fit packing of patchified samples into rows of L tokens (DESIGN.md §4)."""
+"""Host-side first-fit packing of patchified samples into rows of L tokens (the packed batch of
+docs/architecture.md §4)."""
 
 import dataclasses
 
@@ -89,7 +90,8 @@ def first_fit(lengths, row_length: int, max_segments: int) -> list[Placement]:
 
 
 def pack_samples(samples, row_length: int, max_segments: int, num_rows: int | None = None):
-    """Pack per-sample dicts into the packed batch of DESIGN.md §4, first-fit in list order.
+    """Pack per-sample dicts into the packed batch (docs/architecture.md §4), first-fit in list
+    order.
 
     Each sample: latents (N, P), coords int (N, 3), noise (N, P), text (M, E) states or (M,)
     token ids (the same shape for all samples), text_mask bool (M,), t scalar or (N,);

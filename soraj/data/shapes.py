@@ -9,6 +9,8 @@ import numpy as np
 
 # ---- Vocabulary ----
 
+# Frames per second a Shapes clip plays at: a DiT trained on Shapes records it (config.data.fps)
+# and `soraj generate` writes its videos at it.
 FPS = 8
 MIN_CANVAS = 16
 BACKGROUNDS = {"black": (15, 15, 15), "gray": (90, 90, 90)}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import json
 import logging
 import pathlib
@@ -12,7 +13,7 @@ import numpy as np
 from PIL import Image
 from skimage.transform import resize_local_mean
 
-from soraj.data.video_io import READABLE_SUFFIXES, VideoReadError, read_video
+from soraj.data.video_io import IMAGE_SUFFIXES, READABLE_SUFFIXES, VideoReadError, read_video
 
 logger = logging.getLogger(__name__)
 
@@ -114,7 +115,8 @@ def _read_captions(captions_path: pathlib.Path) -> list[tuple[str, str]]:
 
 
 class VideoFolderSource(grain.sources.RandomAccessDataSource):
-    """Items {"video": uint8 (T, H, W, 3), "caption": str, "path": str} from captions.jsonl.
+    """Items {"video": uint8 (T, H, W, 3), "caption": str, "path": str, "fps": float} from
+    captions.jsonl; "fps" is the file's own frame rate (read_video's; a still's is IMAGE_FPS).
 
     Every listed file is probed once (first frame) at construction; unreadable ones are
     logged, counted in num_skipped / skipped_paths, and left out. A file that passes the
@@ -171,6 +173,7 @@ class VideoFolderSource(grain.sources.RandomAccessDataSource):
         self._lock = threading.Lock()
         self._decode_lock = threading.Lock()
         self._decoded: dict[str, np.ndarray] = {}
+        self.frame_rates: dict[str, float] = {}  # each readable file's, from its probe
         self._entries = [e for e in _read_captions(self.root / captions_file) if self._probe(e[0])]
         if not self._entries:
             raise ValueError(
@@ -182,6 +185,13 @@ class VideoFolderSource(grain.sources.RandomAccessDataSource):
     def num_skipped(self) -> int:
         return len(self.skipped_paths)
 
+    @property
+    def frame_rate(self) -> float | None:
+        """The frame rate most of the folder's videos have (stills have none of their own), or
+        None for a folder of stills: the rate a model trained on it records (config.data.fps)."""
+        rates = [r for p, r in self.frame_rates.items() if not p.lower().endswith(IMAGE_SUFFIXES)]
+        return collections.Counter(rates).most_common(1)[0][0] if rates else None
+
     def _skip(self, relative_path: str, error: Exception) -> None:
         with self._lock:
             if relative_path in self.skipped_paths:
@@ -191,7 +201,7 @@ class VideoFolderSource(grain.sources.RandomAccessDataSource):
 
     def _probe(self, relative_path: str) -> bool:
         try:
-            read_video(self.root / relative_path, max_frames=1)
+            _, self.frame_rates[relative_path] = read_video(self.root / relative_path, max_frames=1)
         except VideoReadError as error:
             self._skip(relative_path, error)
             return False
@@ -236,7 +246,8 @@ class VideoFolderSource(grain.sources.RandomAccessDataSource):
                 video = random_window_crop(
                     video, self.num_frames, self.height, self.width, rng, self.min_crop_scale
                 )
-            return {"video": video, "caption": caption, "path": relative_path}
+            fps = self.frame_rates[relative_path]
+            return {"video": video, "caption": caption, "path": relative_path, "fps": fps}
         raise ValueError(f"no readable file left under {self.root}; skipped: {self.skipped_paths}")
 
     # grain pickles sources into worker processes; a lock cannot be pickled, so make a new one.

@@ -5,13 +5,15 @@ import jax.numpy as jnp
 
 from soraj.diffusion.timesteps import check_static_count, shift_timesteps
 
-# A velocity_fn maps (x_t (B, L, P), t (B, L)) -> v (B, L, P), v ≈ ε - x0 (DESIGN.md §2).
+# A velocity_fn maps (x_t (B, L, P), t (B, L)) -> v (B, L, P), v ≈ ε - x0 (docs/architecture.md §2).
 
 
 # ---- Euler ODE solver ----
 
 
-def euler_sample(velocity_fn, noise, num_steps, shift=1.0, reference=None, level=None):
+def euler_sample(
+    velocity_fn, noise, num_steps, shift=1.0, reference=None, level=None, on_step=None
+):
     """Integrates dx/dt = v from t = 1 (noise) to t = 0 (data) with Euler steps on
     `sampling_schedule(num_steps, shift)`. Rectified-flow paths are nearly straight, so
     few steps go a long way; for the exact velocity of one x0 a single step is exact.
@@ -28,6 +30,10 @@ def euler_sample(velocity_fn, noise, num_steps, shift=1.0, reference=None, level
     it was, whatever the model says about it. Without `level` every token is generated. The
     loop is one `lax.fori_loop`, so velocity_fn is traced once whatever num_steps is (a
     Python int, static under jit). Returns x0 (B, L, P).
+
+    `on_step(step, x)`, if given, is called while tracing the loop body with the traced step
+    index and the x that step produced: a hook for a host callback reporting progress. It
+    returns nothing, so it cannot change the solve.
     """
     check_static_count("num_steps", num_steps)
     if noise.ndim != 3:
@@ -58,7 +64,10 @@ def euler_sample(velocity_fn, noise, num_steps, shift=1.0, reference=None, level
         dt = (t_next - t_now)[..., None].astype(x.dtype)  # (B, L, 1)
         # A token with dt = 0 (given, or waiting at its level) keeps its bits even if the
         # model's velocity there were not finite.
-        return jnp.where(dt != 0, x + dt * velocity, x)
+        x_next = jnp.where(dt != 0, x + dt * velocity, x)
+        if on_step is not None:
+            on_step(step, x_next)
+        return x_next
 
     return jax.lax.fori_loop(0, num_steps, euler_step, x_start)
 

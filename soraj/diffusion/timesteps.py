@@ -6,7 +6,8 @@ import numbers
 import jax
 import jax.numpy as jnp
 
-# Convention (DESIGN.md §2): x_t = (1 - t)·x0 + t·ε, so t = 0 is clean data and t = 1 is noise.
+# Convention (docs/architecture.md §2): x_t = (1 - t)·x0 + t·ε, so t = 0 is clean data and
+# t = 1 is noise.
 
 
 # ---- Validation ----

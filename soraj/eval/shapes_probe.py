@@ -1,4 +1,5 @@
-"""Shapes probe: scores a video against the objects, shapes, motions and background of a caption."""
+"""Shapes probe: scores a video against the objects, shapes, sizes, motions and background of a
+caption, and whether it got every one of them right at once ("fully_right")."""
 
 import numpy as np
 from scipy import ndimage
@@ -7,6 +8,7 @@ from soraj.data.shapes import (
     BACKGROUNDS,
     COLOURS,
     MOTION_DIRECTIONS,
+    SIZES,
     STILL,
     ShapeObject,
     object_extent,
@@ -91,6 +93,15 @@ def _classify_shape(coverage: np.ndarray) -> str:
     return "square" if fill >= SQUARE_MIN_FILL else "circle"
 
 
+def _classify_size(covered_area: float, shape: str, height: int, width: int) -> str:
+    """The size whose area for the seen shape is nearest in ratio: large is (0.36 / 0.22)² =
+    2.7x small, so the boundary sits 1.6x from either, far outside blur's area change."""
+    expected = {
+        size: AREA_FACTOR[shape] * object_extent(size, height, width) ** 2 for size in SIZES
+    }
+    return min(expected, key=lambda size: abs(np.log(covered_area / expected[size])))
+
+
 # ---- Per-object checks ----
 
 
@@ -113,7 +124,7 @@ def check_object(video, labels, backgrounds, obj: ShapeObject) -> dict:
     expected_area = AREA_FACTOR[obj.shape] * object_extent(obj.size, height, width) ** 2
     mask = labels == PALETTE_NAMES.index(obj.colour)  # (T, H, W)
     others = (labels != UNLABELLED) & ~mask & (labels < len(COLOURS))  # other objects' pixels
-    frames, centroids, shape_votes = [], [], []
+    frames, centroids, shape_votes, covered_areas = [], [], [], []
     for frame in range(num_frames):
         blob = _largest_blob(mask[frame])
         if blob is None:
@@ -124,26 +135,26 @@ def check_object(video, labels, backgrounds, obj: ShapeObject) -> dict:
         rows, cols = np.nonzero(blob)
         if area < MIN_FILL * (np.ptp(rows) + 1) * (np.ptp(cols) + 1):
             continue
-        shape_votes.append(
-            _classify_shape(
-                _soft_coverage(
-                    video[frame], blob, others[frame], COLOURS[obj.colour], backgrounds[frame]
-                )
-            )
+        coverage = _soft_coverage(
+            video[frame], blob, others[frame], COLOURS[obj.colour], backgrounds[frame]
         )
+        shape_votes.append(_classify_shape(coverage))
+        covered_areas.append(float(coverage.sum()))
         frames.append(frame)
         centroids.append(np.argwhere(blob).mean(axis=0))
     present = len(frames) >= MIN_PRESENT_FRAMES * num_frames
     if not present:
-        return {"present": 0.0, "shape": 0.0, "motion": 0.0}
+        return {"present": 0.0, "shape": 0.0, "size": 0.0, "motion": 0.0}
     votes = {shape: shape_votes.count(shape) for shape in set(shape_votes)}
     shape = max(sorted(votes), key=votes.get)
+    size = _classify_size(float(np.median(covered_areas)), shape, height, width)
     motion = _motion_from_centroids(
         np.array(frames), np.array(centroids), num_frames, (height, width)
     )
     return {
         "present": 1.0,
         "shape": float(shape == obj.shape),
+        "size": float(size == obj.size),
         "motion": float(motion == obj.motion),
     }
 
@@ -175,11 +186,13 @@ def score_video(video: np.ndarray, caption: str) -> dict:
     scores["background"] = float(background_matches(labels, scene.background))
     every_check = [value for check in checks for value in check.values()] + [scores["background"]]
     scores["overall"] = float(np.mean(every_check))
+    scores["fully_right"] = float(all(value == 1.0 for value in every_check))
     return scores
 
 
 def score_videos(videos, captions) -> dict:
-    """score_video averaged over videos, plus "num_videos"."""
+    """score_video averaged over videos, plus "num_videos"; "fully_right" is then the share of
+    videos with every check right."""
     videos, captions = list(videos), list(captions)
     if not videos or len(videos) != len(captions):
         raise ValueError(

@@ -8,7 +8,7 @@ from soraj.eval.shapes_probe import background_matches, check_object, label_pixe
 
 
 def _object_checks(video, labels, backgrounds, stated) -> list[float]:
-    """Present, plus shape and motion where stated. The probe finds an object by its colour
+    """Present and shape, plus size and motion where stated. The probe finds an object by its colour
     and filters blobs by the area its size implies: an unstated size tries both sizes."""
     sizes = [stated.size] if stated.size else list(SIZES)
     motion = stated.motion or MOTIONS[0]
@@ -18,8 +18,10 @@ def _object_checks(video, labels, backgrounds, stated) -> list[float]:
         )
         for s in sizes
     ]
-    best = max(results, key=lambda r: (r["present"], r["shape"], r["motion"]))
+    best = max(results, key=lambda r: (r["present"], r["shape"], r["size"], r["motion"]))
     checks = [best["present"], best["shape"]]
+    if stated.size:
+        checks.append(best["size"])
     if stated.motion:
         checks.append(best["motion"])
     return checks

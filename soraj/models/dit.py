@@ -174,7 +174,7 @@ class FinalLayer(nn.Module):
 
 
 class DiT(nn.Module):
-    """Predicts the velocity v for every token of packed rows (DESIGN.md §4).
+    """Predicts the velocity v for every token of packed rows (docs/architecture.md §4).
 
     Attention never crosses segments and padding tokens (segment 0) never reach real ones, so
     a sample's output does not depend on what else is packed in its row. Text mode takes

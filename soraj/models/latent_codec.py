@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from soraj import checkpoint
+from soraj import exports
 from soraj.models.vae import VAEConfig, VideoVAE, check_video_shape, latent_shape
 from soraj.models.vae_memory_plan import decode_within_budget, encode_within_budget
 
@@ -30,18 +30,6 @@ def video_to_model_range(video: jax.Array) -> jax.Array:
 def model_range_to_video(x: jax.Array) -> jax.Array:
     """float [-1, 1] → uint8 [0, 255], clipping what the decoder overshoots."""
     return jnp.round((jnp.clip(x, -1.0, 1.0) + 1.0) * 127.5).astype(jnp.uint8)
-
-
-def resolve_vae_export(directory: str | Path) -> Path:
-    directory = Path(directory)
-    for candidate in (directory, directory / "vae", directory / "export"):
-        if checkpoint.is_export(candidate):
-            return candidate
-    raise ValueError(
-        f"no VAE export at {directory}: expected config.json and params/ there, in "
-        f"{directory / 'vae'} (a generation bundle) or in {directory / 'export'} "
-        "(a `soraj train-vae` workdir)"
-    )
 
 
 def check_finite(name: str, array) -> None:
@@ -65,22 +53,21 @@ class LatentCodec:
 
     @classmethod
     def load(cls, directory: str | Path) -> "LatentCodec":
-        """Loads a VAE export: the export itself, a generation bundle's vae/, or a
-        `soraj train-vae` workdir's export/."""
-        directory = resolve_vae_export(directory)
-        stored = checkpoint.load_export_config(directory)
-        if stored.get("kind") != "vae":
-            raise ValueError(f"{directory} holds a {stored.get('kind')!r} export, not a VAE")
-        config = vae_config_from_dict(stored["vae_config"])
+        """Loads the VAE export that exports.find_export finds at directory (the export, a
+        bundle's vae/, a `soraj train-vae` workdir's export/ or a `soraj train` workdir's
+        export/vae/)."""
+        directory = exports.find_export(directory, "vae")
+        stored = exports.load_export_config(
+            directory, "vae", required=("vae_config", "latent_shift", "latent_scale")
+        )
+        with exports.config_errors(directory):
+            config = vae_config_from_dict(stored["vae_config"])
+            shift = np.asarray(stored["latent_shift"], np.float32)  # (C,)
+            scale = np.asarray(stored["latent_scale"], np.float32)  # (C,)
         video = jnp.zeros((1, 1 + config.temporal_factor, 16, 16, 3))
         abstract = jax.eval_shape(lambda: VideoVAE(config).init(jax.random.key(0), video)["params"])
-        params, _ = checkpoint.load_export(directory, abstract)
-        return cls(
-            config,
-            params,
-            np.asarray(stored["latent_shift"], np.float32),
-            np.asarray(stored["latent_scale"], np.float32),
-        )
+        params, _ = exports.load_export(directory, abstract)
+        return cls(config, params, shift, scale)
 
     def check_shape(self, num_frames: int, height: int, width: int):
         check_video_shape(self.config, num_frames, height, width)

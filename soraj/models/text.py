@@ -1,11 +1,14 @@
-"""Text encoders behind one interface: frozen MiniLM (BERT) in JAX and a trainable byte encoder."""
+"""Text encoders: frozen MiniLM (BERT) in JAX and a trainable byte encoder. Their host sides
+share one interface: `trainable`, `width` (E), `max_tokens` (M) and `encode(captions)`, which
+gives f32 states (N, M, E) and a bool mask (N, M) for MiniLM, and int32 ids (N, M) and the mask
+for the byte encoder, whose states depend on params in the trainer's state."""
 
 import importlib.resources
 import importlib.util
 import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -18,25 +21,6 @@ ALLOWED_DTYPES = (jnp.float32, jnp.bfloat16, jnp.float16)
 BYTE_VOCAB_SIZE = 257  # 256 byte values shifted by one; 0 is padding
 # Finite, so a row whose keys are all padding gets uniform attention instead of NaNs.
 MASKED_LOGIT = -1e30
-
-
-# ---- Interface ---------------------------------------------------------------------------
-
-
-class TextEncoder(Protocol):
-    """What the data pipeline and generator use: captions in, (states, mask) out.
-
-    A trainable encoder (`trainable = True`) returns int32 token ids (N, M) instead of states:
-    its states depend on params in the trainer's state, so the trainer applies its module.
-    """
-
-    trainable: bool
-    width: int  # E
-    max_tokens: int  # M
-
-    def encode(self, captions: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-        """Returns f32 states (N, M, E) and a bool mask (N, M); padding states are zero."""
-        ...
 
 
 # ---- Input checks ------------------------------------------------------------------------

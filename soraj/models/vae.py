@@ -169,6 +169,21 @@ def _mid_block(x, features: int, attention: bool, dtype):
     return ResBlock(features, dtype=dtype)(x)
 
 
+# ---- Pixel patches -----------------------------------------------------------------------
+
+
+def pixels_to_patches(video, patch: int):  # (B, T, H·p, W·p, F) -> (B, T, H, W, p·p·F)
+    b, t, h, w, f = video.shape
+    x = video.reshape(b, t, h // patch, patch, w // patch, patch, f)
+    return x.transpose(0, 1, 2, 4, 3, 5, 6).reshape(b, t, h // patch, w // patch, -1)
+
+
+def patches_to_pixels(x, patch: int):  # (B, T, H, W, p·p·F) -> (B, T, H·p, W·p, F)
+    b, t, h, w, channels = x.shape
+    x = x.reshape(b, t, h, w, patch, patch, channels // patch**2)
+    return x.transpose(0, 1, 2, 4, 3, 5, 6).reshape(b, t, h * patch, w * patch, -1)
+
+
 # ---- Encoder / decoder -------------------------------------------------------------------
 
 
@@ -180,7 +195,8 @@ class Encoder(nn.Module):
         cfg = self.config
         dtype = jnp.dtype(cfg.dtype)
         widths = [cfg.base_channels * m for m in cfg.channel_multipliers]
-        x = CausalConv3d(widths[0], dtype=dtype)(video.astype(dtype))
+        x = pixels_to_patches(video.astype(dtype), cfg.pixel_patch)  # (B, T_px, H', W', 3p²)
+        x = CausalConv3d(widths[0], dtype=dtype)(x)
         for level, width in enumerate(widths):
             for _ in range(cfg.num_res_blocks):
                 x = ResBlock(width, dtype=dtype)(x)
@@ -220,7 +236,8 @@ class Decoder(nn.Module):
                 )(x)
         x = nn.silu(FrameGroupNorm()(x))
         # No output activation: the loss sees raw values; display code clips to [-1, 1].
-        return CausalConv3d(3, dtype=dtype)(x).astype(jnp.float32)  # (B, T_px, H·fs, W·fs, 3)
+        x = CausalConv3d(3 * cfg.pixel_patch**2, dtype=dtype)(x)  # (B, T_px, H', W', 3p²)
+        return patches_to_pixels(x, cfg.pixel_patch).astype(jnp.float32)  # (B, T_px, H·fs, W·fs, 3)
 
 
 # ---- VideoVAE ----------------------------------------------------------------------------

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 ALLOWED_DTYPES = ("float32", "bfloat16", "float16")
 ALLOWED_TEMPORAL_FACTORS = (1, 2, 4, 8)
 ALLOWED_SPATIAL_FACTORS = (4, 8, 16)
+ALLOWED_PIXEL_PATCHES = (1, 2, 4)
 LATENT_CHANNEL_RANGE = (4, 64)
 
 
@@ -25,6 +26,10 @@ class VAEConfig:
     spatial_downsample: tuple[bool, ...] = (True, True)  # per downsampling step: halve H, W?
     mid_attention: bool = False
     dtype: str = "float32"  # compute dtype; params are always float32
+    # Space-to-depth of p×p pixels before the first conv, and back after the last (LTX-Video's
+    # patchify): the full-resolution level, which dominates a conv VAE's cost, runs at 1/p² of
+    # the pixels with 3p² input channels, and loses nothing (the rearrangement is invertible).
+    pixel_patch: int = 1
 
     def __post_init__(self):
         num_steps = len(self.channel_multipliers) - 1
@@ -42,6 +47,10 @@ class VAEConfig:
             raise ValueError("base_channels, latent_channels and channel_multipliers must be ≥ 1.")
         if self.num_res_blocks < 0:
             raise ValueError(f"num_res_blocks must be ≥ 0, got {self.num_res_blocks}.")
+        if self.pixel_patch not in ALLOWED_PIXEL_PATCHES:
+            raise ValueError(
+                f"pixel_patch must be one of {ALLOWED_PIXEL_PATCHES}, got {self.pixel_patch!r}."
+            )
         if self.temporal_factor not in ALLOWED_TEMPORAL_FACTORS:
             raise ValueError(
                 f"temporal_downsample gives a temporal factor of {self.temporal_factor}; "
@@ -49,8 +58,8 @@ class VAEConfig:
             )
         if self.spatial_factor not in ALLOWED_SPATIAL_FACTORS:
             raise ValueError(
-                f"spatial_downsample gives a spatial factor of {self.spatial_factor}; "
-                f"allowed: {ALLOWED_SPATIAL_FACTORS} (2 to 4 True entries)."
+                f"pixel_patch × 2^(True entries of spatial_downsample) gives a spatial factor "
+                f"of {self.spatial_factor}; allowed: {ALLOWED_SPATIAL_FACTORS}."
             )
         low, high = LATENT_CHANNEL_RANGE
         if not low <= self.latent_channels <= high:
@@ -64,7 +73,7 @@ class VAEConfig:
 
     @property
     def spatial_factor(self) -> int:
-        return 2 ** sum(self.spatial_downsample)
+        return self.pixel_patch * 2 ** sum(self.spatial_downsample)
 
 
 VAE_PRESETS = {
@@ -77,6 +86,38 @@ VAE_PRESETS = {
         latent_channels=8,
         temporal_downsample=(True, True),
         spatial_downsample=(True, True),
+    ),
+    # 9×64×64 Shapes clips → 3×16×16×8. Pixel patches of 2×2 first, so the 64×64 VAE costs
+    # what "tiny" costs at 32×32; the one spatial halving is the first step, with time.
+    "tiny64": VAEConfig(
+        base_channels=8,
+        channel_multipliers=(1, 2, 4),
+        num_res_blocks=1,
+        latent_channels=8,
+        temporal_downsample=(True, True),
+        spatial_downsample=(True, False),
+        pixel_patch=2,
+    ),
+    # The same with less temporal compression: time halved once (9 frames → 5 latent frames)
+    # or never (9 → 9). Shapes objects move up to 3.4 pixels a frame at 64×64, so four
+    # frames in one latent frame smear them (experiments/shapes/NOTES.md, the VAE ceiling).
+    "tiny64-t2": VAEConfig(
+        base_channels=8,
+        channel_multipliers=(1, 2, 4),
+        num_res_blocks=1,
+        latent_channels=8,
+        temporal_downsample=(True, False),
+        spatial_downsample=(True, False),
+        pixel_patch=2,
+    ),
+    "tiny64-t1": VAEConfig(
+        base_channels=8,
+        channel_multipliers=(1, 2, 4),
+        num_res_blocks=1,
+        latent_channels=8,
+        temporal_downsample=(False, False),
+        spatial_downsample=(True, False),
+        pixel_patch=2,
     ),
     "small": VAEConfig(
         base_channels=64,

@@ -78,7 +78,7 @@ def _activation_bytes(config: VAEConfig, stage: str, batch: int, frames: int, h:
     largest, top = 0, len(widths) - 1
     for level in range(top + 1):
         time_div = 2 ** sum(config.temporal_downsample[:level])
-        space_div = 2 ** sum(config.spatial_downsample[:level])
+        space_div = config.pixel_patch * 2 ** sum(config.spatial_downsample[:level])
         if stage == "encode":  # a downsampling conv hands width w[l-1] to level l
             width = max(widths[max(level - 1, 0)], widths[level])
         else:  # an upsampling conv repeats width w[l+1] up to level l

@@ -1,0 +1,57 @@
+"""Plots experiments/scaling/results/scaling.json: the probe's fully-right share (with its 95 %
+bootstrap interval) and the validation loss against training FLOPs, one line per DiT width.
+
+    .venv/bin/python experiments/scaling/plot.py   # → experiments/scaling/results/scaling.png
+"""
+
+import argparse
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; no display on a CPU host or in CI
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    results = Path("experiments/scaling/results")
+    parser.add_argument("--results", type=Path, default=results / "scaling.json")
+    parser.add_argument("--out", type=Path, default=results / "scaling.png")
+    args = parser.parse_args()
+    rows = json.loads(args.results.read_text())["rows"]
+    figure, (probe, loss) = plt.subplots(1, 2, figsize=(10, 4), constrained_layout=True)
+    for width in sorted({row["width"] for row in rows}):
+        line = sorted((r for r in rows if r["width"] == width), key=lambda r: r["flops"])
+        flops = [r["flops"] for r in line]
+        label = f"width {width} ({line[0]['params'] / 1e6:.1f} M params)"
+        mean = [r["fully_right"]["mean"] for r in line]
+        low = [r["fully_right"]["mean"] - r["fully_right"]["ci95"][0] for r in line]
+        high = [r["fully_right"]["ci95"][1] - r["fully_right"]["mean"] for r in line]
+        probe.errorbar(flops, mean, yerr=[low, high], marker="o", capsize=3, label=label)
+        loss.plot(flops, [r["validation_loss"] for r in line], marker="o", label=label)
+    probe.set(
+        xscale="log",
+        xlabel="training FLOPs (standard count)",
+        ylabel="held-out prompts fully right",
+        ylim=(0, 1),
+        title="Shapes probe, 95 % bootstrap intervals",
+    )
+    loss.set(
+        xscale="log",
+        yscale="log",
+        xlabel="training FLOPs (standard count)",
+        ylabel="validation velocity loss",
+        title="Held-out clips, mean over t",
+    )
+    for axes in (probe, loss):
+        axes.grid(True, which="both", alpha=0.3)
+        axes.legend()
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(args.out, dpi=120)
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,232 @@
+"""One generation request, prompt to files, as `soraj generate` and `soraj demo` make it: every
+check that needs no weights first, then the bundle loads, the sampler compiles and runs with
+progress on stderr, and the video is written at the frame rate the model was trained on."""
+
+import dataclasses
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+
+from soraj import exports
+from soraj.data.shapes import FPS as SHAPES_FPS
+from soraj.sampling_progress import status
+
+
+@dataclasses.dataclass
+class GenerateRequest:
+    """What `soraj generate` takes, field for flag (argparse's names), so the mode and
+    expansion checks (soraj/generate_modes.py, soraj/captions/expand_cli.py) read it as they
+    read the parsed flags."""
+
+    prompt: str
+    checkpoint: str
+    frames: int = 9
+    height: int = 32
+    width: int = 32
+    seed: int = 0
+    steps: int = 30
+    guidance: float = 4.0
+    out: str = "out/generate"
+    fps: float | None = None  # None: the frame rate the model was trained on
+    expand: str = "none"
+    expand_endpoint: str | None = None
+    expand_model: str | None = None
+    expander_checkpoint: str | None = None
+    image: list = dataclasses.field(default_factory=list)  # the prompting modes' fields
+    video: str | None = None
+    extend: str | None = None
+    given_frames: int | None = None
+    connect: list | None = None
+    loop: bool = False
+    edit: str | None = None
+    strength: float | None = None
+    visual_guidance: float = 1.0
+
+    @classmethod
+    def from_args(cls, args) -> "GenerateRequest":
+        return cls(**{field.name: getattr(args, field.name) for field in dataclasses.fields(cls)})
+
+
+@dataclasses.dataclass
+class CheckedRequest:
+    """A request that passed every check, with what the checks found out."""
+
+    request: GenerateRequest
+    mode: object  # generate_modes.ModeRequest, or None for text to video
+    expansion: object  # captions.expand.Expansion of the prompt
+    fps: float  # what the files are written at
+    fps_note: str | None  # said when the rate is a guess
+
+
+@dataclasses.dataclass
+class Generated:
+    video: np.ndarray  # uint8 (T, H, W, 3)
+    paths: dict  # {"mp4" | "gif" | "json": path written}
+    seconds: float
+    fps: float
+    revised_prompt: str  # the prompt the video was generated from (after --expand)
+
+
+# ---- Checks before any weights load ---------------------------------------------------------
+
+
+def add_fps_argument(parser) -> None:
+    """--fps, shared by `soraj generate` and `soraj demo`."""
+    parser.add_argument(
+        "--fps",
+        type=float,
+        help="frame rate of the written video (default: the rate the model was trained on, "
+        "from the checkpoint's dit/config.json)",
+    )
+
+
+def check_flags(request: GenerateRequest) -> None:
+    """The checks that need neither weights nor the checkpoint's configs."""
+    if not request.prompt.strip():
+        raise ValueError(
+            "--prompt is empty: give a text prompt, e.g. 'A large red circle moves "
+            "up. The background is black.'"
+        )
+    if request.steps < 1:
+        raise ValueError(f"--steps must be a positive integer, got {request.steps}")
+    if request.frames < 1:
+        raise ValueError(
+            f"--frames must be a positive integer of the form 1 + ft·k, got {request.frames}"
+        )
+    if request.fps is not None and not (math.isfinite(request.fps) and request.fps > 0):
+        raise ValueError(
+            f"--fps must be a positive number of frames per second (e.g. 8, 24, 29.97), "
+            f"got {request.fps}"
+        )
+    out = Path(request.out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file; give a directory (it is created if missing)")
+
+
+def check_request(request: GenerateRequest) -> CheckedRequest:
+    """Every check that needs no weights, so bad input fails (ValueError) before anything
+    loads; then the prompt expansion --expand asks for."""
+    from soraj.captions.expand import Expansion
+    from soraj.captions.expand_cli import (
+        check_expand_args,
+        check_prompt_length,
+        expand_for_generation,
+    )
+    from soraj.generate import BundleGeometry, resolve_bundle
+    from soraj.generate_modes import prepare_mode
+
+    check_flags(request)
+    if not Path(request.checkpoint).exists():
+        raise ValueError(f"--checkpoint {request.checkpoint} does not exist")
+    bundle = resolve_bundle(request.checkpoint)
+    geometry = BundleGeometry.read(bundle)
+    geometry.check(request.frames, request.height, request.width)
+    stored = exports.load_export_config(bundle / "dit", "dit", required=("dit_config",))
+    latent_frames = (request.frames - 1) // geometry.temporal_factor + 1
+    mode = prepare_mode(request, geometry.temporal_factor, latent_frames)
+    text_model = stored["dit_config"].get("conditioning", "text") != "class"
+    if text_model:
+        check_prompt_length(request.prompt, bundle, "prompt")
+        check_expand_args(request)
+    else:
+        check_class_request(request, mode, stored.get("classes", []))
+    fps, fps_note = output_fps(request.fps, stored)
+    # Last, as it may run a model or call a server; a class name is not text to expand.
+    if text_model:
+        expansion = expand_for_generation(request)
+    else:
+        expansion = Expansion(request.prompt, request.prompt, "none", True, "")
+    return CheckedRequest(request, mode, expansion, fps, fps_note)
+
+
+def check_class_request(request: GenerateRequest, mode, class_names) -> None:
+    """A class-conditional model takes one of its class names (or an index) as the prompt;
+    it has no text to expand and no prompting modes."""
+    from soraj.generate_class import class_labels
+
+    if mode is not None:
+        raise ValueError(
+            "prompting modes need a text-conditional checkpoint; this one is class-conditional"
+        )
+    if request.expand != "none":
+        raise ValueError(
+            f"--expand {request.expand} rewrites text prompts; this checkpoint is "
+            "class-conditional: give a class name as --prompt and leave --expand at none"
+        )
+    class_labels(tuple(class_names), [request.prompt])
+
+
+def output_fps(fps: float | None, stored: dict) -> tuple[float, str | None]:
+    """(frame rate, note): --fps, else the rate of the DiT's training data (its export's
+    trained_on.fps). Exports from before that field were all trained on Shapes clips."""
+    if fps is not None:
+        return float(fps), None
+    trained = stored.get("trained_on", {}).get("fps")
+    if trained is not None:
+        return float(trained), None
+    return float(SHAPES_FPS), (
+        "this checkpoint records no training frame rate (dit/config.json has no "
+        f"trained_on.fps: it was exported before the field existed); writing at the Shapes "
+        f"world's {SHAPES_FPS} fps; --fps sets another"
+    )
+
+
+# ---- Generation -----------------------------------------------------------------------------
+
+
+def run_checked(checked: CheckedRequest) -> Generated:
+    """Loads the bundle, samples (a bar over the steps on stderr) and writes the .mp4, .gif
+    and .json under request.out, saying where."""
+    from soraj.generate import Generator, TimedSampler, generate_to_files
+
+    request, mode, expansion = checked.request, checked.mode, checked.expansion
+    for note in mode.notes if mode else ():
+        print(note)
+    if checked.fps_note:
+        status(f"note: {checked.fps_note}")
+    status(f"loading the checkpoint {request.checkpoint}")
+    started = time.perf_counter()
+    generator = Generator.load(request.checkpoint)
+    generator.sampler = TimedSampler(report=True)
+    status(f"loaded in {time.perf_counter() - started:.1f} s")
+    settings = {
+        k: getattr(request, k)
+        for k in ("prompt", "checkpoint", "frames", "height", "width", "seed", "steps", "guidance")
+    }
+    settings.update(
+        expand=request.expand,
+        revised_prompt=expansion.revised,
+        expansion={"backend": expansion.backend, "ok": expansion.ok, "message": expansion.message},
+    )
+    if mode is None:
+        video, paths, seconds = generate_to_files(
+            generator,
+            expansion.revised,
+            Path(request.out),
+            request.frames,
+            request.height,
+            request.width,
+            request.seed,
+            request.steps,
+            request.guidance,
+            settings,
+            checked.fps,
+        )
+    else:
+        from soraj.generate_modes import mode_to_files
+
+        settings["visual_guidance"] = request.visual_guidance
+        video, paths, seconds = mode_to_files(
+            generator, mode, expansion.revised, request, settings, checked.fps
+        )
+    print(f"generated {video.shape[0]}×{video.shape[1]}×{video.shape[2]} in {seconds:.1f} s")
+    for kind, path in paths.items():
+        print(f"wrote {kind}: {path}")
+    return Generated(video, paths, seconds, checked.fps, expansion.revised)
+
+
+def generate(request: GenerateRequest) -> Generated:
+    """check_request, then run_checked: bad input raises ValueError before any weights load."""
+    return run_checked(check_request(request))

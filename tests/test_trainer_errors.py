@@ -1,0 +1,130 @@
+"""`soraj train` and `soraj train-vae` refuse bad input (flags, config values, paths) with one line
+on stderr and exit code 2 before any work; an error raised once steps run keeps its traceback."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+SHIPPED_VAE = "experiments/shapes/checkpoint/vae"
+
+
+def soraj(*args, code=None) -> subprocess.CompletedProcess:
+    """The command as a user runs it (`python -m soraj ...`), or `code` then cli.main(args)."""
+    start = ["-m", "soraj"] if code is None else ["-c", code]
+    return subprocess.run(
+        [sys.executable, *start, *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=dict(os.environ, JAX_PLATFORMS="cpu"),
+    )
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (
+            ["train", "--config.vae_checkpoint="],
+            "config.vae_checkpoint is empty: give a `soraj train-vae` workdir or export",
+        ),
+        (
+            ["train", "--config=soraj/configs/t2v.py:huge"],
+            "unknown t2v config 'huge'; allowed: ['B/2', 'L/2', 'S/2', 'XL/2', 'tiny', 'tiny64']",
+        ),
+        (
+            ["train", "--config.vae_checkpoint=/nowhere/vae"],
+            "no VAE export at /nowhere/vae",
+        ),
+        (
+            ["train", "--config.total_steps=many"],
+            "--config.total_steps=many: invalid literal for int() with base 10: 'many'",
+        ),
+        (
+            ["train", "--config.data.num_clip=3"],
+            "unknown config field 'num_clip'; Did you mean \"num_clips\"",
+        ),
+        (
+            ["train", "--config=soraj/configs/missing.py"],
+            "No such file or directory: 'soraj/configs/missing.py'",
+        ),
+        (
+            ["train", f"--config.vae_checkpoint={SHIPPED_VAE}", "--config.sample_every=-1"],
+            "config.sample_every must be an integer ≥ 0 (0: never), got -1",
+        ),
+        (["train-vae", "--config.preset=huge"], "unknown VAE preset 'huge'; allowed: ["),
+        (["train-vae", "--config=soraj/configs/vae.py:huge"], "unknown VAE config 'huge'"),
+        (
+            ["train-vae", "--config.loss.pixel_loss=l2"],
+            "unknown config.loss.pixel_loss 'l2'; allowed: ('l1', 'charbonnier')",
+        ),
+        (
+            ["train-vae", "--config.save_every=0"],
+            "config.save_every must be an integer ≥ 1 (a run always saves its last step",
+        ),
+        (["train-vae", "--config.log_every=-5"], "config.log_every must be an integer ≥ 0"),
+    ],
+)
+def test_bad_input_is_one_line_before_any_work(tmp_path, args, message):
+    command, *flags = args
+    workdir = tmp_path / "run"
+    done = soraj(command, f"--workdir={workdir}", *flags)
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert lines[0].startswith(f"soraj {command}: error: ")
+    assert message in lines[0]
+    assert not workdir.exists()
+
+
+def test_a_missing_workdir_flag_is_one_line():
+    done = soraj("train-vae")
+    assert done.returncode == 2
+    assert done.stderr.strip() == (
+        "soraj train-vae: error: flag --workdir=None: Flag --workdir must have a value other "
+        "than None."
+    )
+
+
+# The tiny DiT of tests/test_resume.py: set-up takes seconds.
+TINY_DIT = {
+    "vae_checkpoint": SHIPPED_VAE,
+    "data.num_frames": 5,
+    "data.height": 16,
+    "data.width": 16,
+    "data.num_clips": 64,
+    "data.row_length": 32,
+    "data.max_segments": 4,
+    "data.token_budget": 32,
+    "batch_size": 2,
+    "model.width": 32,
+    "model.depth": 1,
+    "model.num_heads": 2,
+    "text.encoder": "bytes",
+    "text.byte_width": 32,
+    "text.byte_depth": 1,
+    "text.byte_heads": 2,
+    "total_steps": 2,
+    "sample_every": 0,
+}
+BROKEN_STEP = """
+import sys
+from soraj import cli, train
+
+def broken_train_step(*args, **kwargs):
+    raise ValueError("a bug inside the train step")
+
+train.train_step = broken_train_step
+cli.main(sys.argv[1:])
+"""
+
+
+def test_a_value_error_inside_a_step_keeps_its_traceback(tmp_path):
+    flags = [f"--config.{key}={value}" for key, value in TINY_DIT.items()]
+    done = soraj("train", f"--workdir={tmp_path / 'run'}", *flags, code=BROKEN_STEP)
+    assert done.returncode == 1, done.stderr
+    assert "Traceback" in done.stderr
+    assert "ValueError: a bug inside the train step" in done.stderr
+    assert "soraj train: error:" not in done.stderr
