@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import pytest
+from test_resume import OVERRIDES
 
 SHIPPED_VAE = "experiments/shapes/checkpoint/vae"
 
@@ -88,27 +89,6 @@ def test_a_missing_workdir_flag_is_one_line():
     )
 
 
-# The tiny DiT of tests/test_resume.py: set-up takes seconds.
-TINY_DIT = {
-    "vae_checkpoint": SHIPPED_VAE,
-    "data.num_frames": 5,
-    "data.height": 16,
-    "data.width": 16,
-    "data.num_clips": 64,
-    "data.row_length": 32,
-    "data.max_segments": 4,
-    "data.token_budget": 32,
-    "batch_size": 2,
-    "model.width": 32,
-    "model.depth": 1,
-    "model.num_heads": 2,
-    "text.encoder": "bytes",
-    "text.byte_width": 32,
-    "text.byte_depth": 1,
-    "text.byte_heads": 2,
-    "total_steps": 2,
-    "sample_every": 0,
-}
 BROKEN_STEP = """
 import sys
 from soraj import cli, train
@@ -122,7 +102,8 @@ cli.main(sys.argv[1:])
 
 
 def test_a_value_error_inside_a_step_keeps_its_traceback(tmp_path):
-    flags = [f"--config.{key}={value}" for key, value in TINY_DIT.items()]
+    tiny_dit = {**OVERRIDES, "total_steps": 2}  # test_resume.py's DiT: set-up takes seconds
+    flags = [f"--config.{key}={value}" for key, value in tiny_dit.items()]
     done = soraj("train", f"--workdir={tmp_path / 'run'}", *flags, code=BROKEN_STEP)
     assert done.returncode == 1, done.stderr
     assert "Traceback" in done.stderr
