@@ -95,11 +95,8 @@ def run_trainer(command: str, argv: list[str]):
         logging.set_verbosity(logging.WARNING)  # orbax logs every file it writes at INFO
         config, workdir = flags.FLAGS.config, flags.FLAGS.workdir
         if command == "train-expander":  # one process, one CPU, no checkpoints: no step loop
-            from soraj.captions.train_expander import train_and_evaluate
-
-            train_and_evaluate(config, workdir)
-            return  # app.run exits with whatever main returns
-        if command == "train":
+            from soraj.captions.train_expander import prepare
+        elif command == "train":
             from soraj.train import prepare
         elif command == "train-vae":
             from soraj.train_vae import prepare
@@ -238,7 +235,10 @@ def cache_latents_parser() -> argparse.ArgumentParser:
 
 
 def run_cache_latents(argv: list[str]):
-    args = cache_latents_parser().parse_args(argv)
+    parser = cache_latents_parser()
+    args = parser.parse_args(argv)
+    if not args.vae.strip():
+        parser.error("--vae is empty: give a VAE export, a generation bundle or a workdir")
     try:
         # Every check that needs no weights first, so bad input fails before anything loads.
         if Path(args.out).exists():
@@ -249,9 +249,9 @@ def run_cache_latents(argv: list[str]):
         from soraj.data.latent_cache_writer import write_latent_cache
         from soraj.data.shapes import ShapesSource
         from soraj.data.shapes_canvases import ShapesCanvasSource
+        from soraj.exports import find_export
         from soraj.models.latent_codec import LatentCodec
         from soraj.models.text import MiniLMEncoder
-        from soraj.train import resolve_vae
 
         if args.source == "shapes":
             source = ShapesSource(
@@ -266,7 +266,7 @@ def run_cache_latents(argv: list[str]):
             source = ShapesCanvasSource(
                 args.num_clips, canvases, args.frames, args.seed, args.split
             )
-        vae_dir = resolve_vae(args.vae)
+        vae_dir = find_export(args.vae, "vae")
         codec = LatentCodec.load(vae_dir)
         if args.source == "shapes":
             codec.check_shape(args.frames, args.height, args.width)

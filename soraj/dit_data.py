@@ -2,6 +2,7 @@
 packed host batches of soraj/data/packed_pipeline.py over logical data shards, and the
 BatchBuilder that turns a host batch into device arrays (docs/architecture.md §4)."""
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -17,11 +18,12 @@ from soraj.data.class_folder import ClassFolderSource
 from soraj.data.data_shards import HostBatches
 from soraj.data.latent_cache import LatentCache, canvases_description, shapes_description
 from soraj.data.packed_pipeline import caption_from_bytes, spec_from_config
+from soraj.data.shapes import FPS as SHAPES_FPS
 from soraj.data.shapes import ShapesSource
 from soraj.data.shapes_canvases import ShapesCanvasSource
 from soraj.data.tfds_shapes import SPLITS as TFDS_SPLITS
 from soraj.data.tfds_shapes import load_shapes_dataset
-from soraj.data.video_folder import VideoFolderSource
+from soraj.data.video_folder import VideoFolderSource, describe_rates
 from soraj.models.conditioning import TextConfig
 from soraj.models.latent_codec import LatentCodec
 
@@ -40,6 +42,7 @@ class BatchBuilder:
         self.text_encoder = text_encoder  # None when batches bring text states, or labels
         self.mesh, self.conditioning = mesh, conditioning
         self.class_names: tuple[str, ...] = ()
+        self.fps: float | None = None  # the training clips' frame rate (training_fps)
 
     def text_inputs(self, host_batch: dict) -> tuple[np.ndarray, np.ndarray]:
         """(B, S, M, ...) text inputs and (B, S, M) mask; unused slots get zeros and no mask."""
@@ -114,6 +117,88 @@ def training_source(config):
     )
 
 
+# ---- The training clips' frame rate ------------------------------------------------------------
+
+# Sources of Shapes clips, which play at the Shapes world's rate (a recaptioned folder is one
+# when its input was a Shapes TFDS dataset).
+SHAPES_SOURCES = ("shapes", "shapes_canvases", "shapes_tfds")
+FPS_EXAMPLES = "e.g. 8, 24 or 29.97"
+# Rates this close are one rate: 29.97 given for NTSC footage's 30000/1001 (29.97003).
+FPS_TOLERANCE = 1e-4
+
+
+def check_fps(data) -> float | None:
+    """config.data.fps as given: None (the source's rate) or a finite number of frames per
+    second > 0. A class folder has no rate of its own, so it needs one given. Checked before
+    any work; training_fps resolves an unset rate once the source is open."""
+    fps = data.fps
+    if fps is not None and (
+        isinstance(fps, bool)
+        or not isinstance(fps, int | float)
+        or not math.isfinite(fps)
+        or fps <= 0
+    ):
+        raise ValueError(
+            f"config.data.fps must be a finite number of frames per second > 0 ({FPS_EXAMPLES}), "
+            f"or unset for the source's own rate; got {fps!r}"
+        )
+    if fps is None and data.source == "class_folder":
+        raise ValueError(
+            "config.data.source='class_folder' needs config.data.fps: its clips state no frame "
+            "rate the trainer can trust, and the export records the one given (`soraj "
+            f"generate` writes videos at it); give the footage's, {FPS_EXAMPLES}"
+        )
+    return None if fps is None else float(fps)
+
+
+def footage_fps(footage: VideoFolderSource, given: float | None) -> float:
+    """The frame rate of a video folder's footage: its videos' most common rate, which a rate
+    given in config.data.fps must match. A folder whose top rates tie takes a given one of
+    them; a folder of stills takes any given rate and refuses to guess one."""
+    counts = footage.video_frame_rates
+    ranked = counts.most_common()
+    if not ranked:
+        if given is None:
+            raise ValueError(
+                f"the files under {footage.root} are all stills, which have no frame rate: give "
+                f"the rate the model should record as config.data.fps ({FPS_EXAMPLES})"
+            )
+        return given
+    if given is None:
+        try:
+            return footage.frame_rate  # the most common rate; a tie raises, naming the rates
+        except ValueError as error:
+            raise ValueError(
+                f"{error}; give the rate the model should record as config.data.fps"
+            ) from error
+    top = [rate for rate, count in ranked if count == ranked[0][1]]
+    if any(math.isclose(given, rate, rel_tol=FPS_TOLERANCE) for rate in top):
+        return given
+    dominant = "the most common rate" if len(top) == 1 else "one of the most common rates"
+    raise ValueError(
+        f"config.data.fps = {given:g} disagrees with the footage under {footage.root}, whose "
+        f"videos play at {describe_rates(ranked)}; give {dominant} ("
+        f"{' or '.join(f'{rate:g}' for rate in top)}) or leave config.data.fps unset"
+    )
+
+
+def training_fps(data, source) -> float:
+    """The frame rate the model trains at and its export records (trained_on.fps): the Shapes
+    rate for Shapes clips (from a latent cache too, which is made of Shapes clips), the
+    footage's for a video folder (recaptioned or not), the one given for a class folder. A rate
+    given in config.data.fps wins for Shapes clips, which have no rate but the one they play
+    at, and must match real footage."""
+    given = check_fps(data)
+    recaptioned = data.source == "recaptioned"
+    if data.source in SHAPES_SOURCES or (recaptioned and source.kind == "shapes_tfds"):
+        return float(SHAPES_FPS) if given is None else given
+    if data.source == "video_folder":
+        return footage_fps(source, given)
+    if recaptioned:  # a recaptioned video folder: the footage is its input folder's
+        return footage_fps(VideoFolderSource(source.input, 1, None, None), given)
+    return given  # class_folder: check_fps required one
+
+
 def check_classes(config, source) -> None:
     """A class-conditional model needs a labelled source with exactly its classes, and the
     reverse; checked before any training work."""
@@ -179,6 +264,7 @@ def training_data(config, codec: LatentCodec, vae_dir: Path, text: TextConfig, p
         source = cache.source(text_states=cached_text)
     else:
         source = training_source(config)
+    fps = training_fps(data, source)
     check_classes(config, source)
     check_mix_fields(caption_mix, source)
     vae = codec.config
@@ -191,4 +277,5 @@ def training_data(config, codec: LatentCodec, vae_dir: Path, text: TextConfig, p
     text_encoder = text.host_encoder() if needs_encoder else None
     build = BatchBuilder(text_encoder, mesh, conditioning)
     build.class_names = tuple(getattr(source, "class_names", ()))  # label order, for exports
+    build.fps = fps  # the clips' frame rate, for exports (trained_on.fps) and samples
     return iterator, build

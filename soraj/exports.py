@@ -42,14 +42,39 @@ class BundleError(ValueError):
 
 
 # ---- Writing ----------------------------------------------------------------------------------
-# Exports are written to a temporary folder and swapped in, so a crash mid-write never leaves a
-# half-written export where a good one was.
+# Exports are written to a temporary folder NAME.tmp and swapped in (NAME → NAME.old, NAME.tmp →
+# NAME, NAME.old removed), so a crash mid-write never leaves a half-written export where a good
+# one was. config.json goes into NAME.tmp last and atomically: a NAME.tmp holding it is
+# complete. recover_export finishes or undoes a swap a crash cut short.
+
+
+def _staging_places(directory: Path) -> tuple[Path, Path]:
+    """(NAME.tmp, NAME.old) of an export folder NAME."""
+    return directory.with_name(directory.name + ".tmp"), directory.with_name(
+        directory.name + ".old"
+    )
+
+
+def recover_export(directory: str | os.PathLike) -> None:
+    """Puts an export folder back in order after a crash inside write_export:
+    - NAME missing, NAME.old present (the crash came between the two renames): the complete
+      NAME.tmp is swapped in, or else NAME.old goes back to NAME;
+    - NAME present, NAME.old present (the crash came before NAME.old was removed): NAME.old,
+      the export NAME replaced, is removed.
+    A NAME.tmp left otherwise is an unfinished write; write_export starts it afresh."""
+    directory = Path(directory).absolute()
+    staging, previous = _staging_places(directory)
+    if not directory.exists() and previous.exists():
+        os.replace(staging if is_export(staging) else previous, directory)
+    if directory.exists() and previous.exists():
+        shutil.rmtree(previous)
 
 
 def write_export(directory: str | os.PathLike, params, config: dict, dtype=jnp.bfloat16) -> Path:
     """Writes params (cast to dtype) and config (plus its param_dtype) as an export."""
     directory = Path(directory).absolute()
-    staging = directory.with_name(directory.name + ".tmp")
+    recover_export(directory)  # a swap a crash cut short, before a new one starts
+    staging, previous = _staging_places(directory)
     if staging.exists():
         shutil.rmtree(staging)
     staging.mkdir(parents=True)
@@ -66,8 +91,10 @@ def write_export(directory: str | os.PathLike, params, config: dict, dtype=jnp.b
         multiprocessing_options=this_process, use_ocdbt=True
     ) as checkpointer:
         checkpointer.save(staging / EXPORT_PARAMS, params)
-    (staging / EXPORT_CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True))
-    previous = directory.with_name(directory.name + ".old")
+    # Last and atomic: with config.json in it, NAME.tmp is complete (recover_export).
+    partial = staging / (EXPORT_CONFIG + ".tmp")
+    partial.write_text(json.dumps(config, indent=2, sort_keys=True))
+    os.replace(partial, staging / EXPORT_CONFIG)
     if directory.exists():
         os.replace(directory, previous)
     os.replace(staging, directory)

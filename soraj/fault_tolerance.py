@@ -128,15 +128,16 @@ def resume_or_start(manager, init_state, rng, mesh, rules):
 # ---- Metrics of a restarted run -----------------------------------------------------------------
 
 
-def trim_metrics(workdir: Path, restored_step: int) -> None:
-    """Drops WORKDIR/metrics.jsonl lines past restored_step: a run that died after its last
-    checkpoint logged steps the restart will run again. Only process 0 touches the file."""
-    path = Path(workdir) / "metrics.jsonl"
+def trim_metrics(workdir: Path, restored_step: int, filename: str = "metrics.jsonl") -> None:
+    """Drops lines of WORKDIR/filename (JSON records with a "step") past restored_step: a run
+    that died after its last checkpoint logged steps the restart will run again. Only process 0
+    touches the file."""
+    path = Path(workdir) / filename
     if jax.process_index() != 0 or not path.exists():
         return
     lines = path.read_text().splitlines(keepends=True)
     kept = [line for line in lines if line.strip() and json.loads(line)["step"] <= restored_step]
     if len(kept) != len(lines):
-        staging = path.with_suffix(".jsonl.tmp")
+        staging = path.with_name(path.name + ".tmp")
         staging.write_text("".join(kept))
         staging.replace(path)  # atomic: a crash here leaves the old file or the new one

@@ -13,7 +13,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from soraj import exports
-from soraj.data.shapes import FPS as SHAPES_FPS
 from soraj.data.video_io import write_gif, write_mp4
 from soraj.diffusion.timesteps import TimeShift, check_static_count
 from soraj.generate_class import class_labels
@@ -21,7 +20,7 @@ from soraj.generate_packed import check_rows, request_noise, sample_many_tokens
 from soraj.models import patching
 from soraj.models.conditioning import TextConfig, init_text_params, segment_inputs
 from soraj.models.dit import DiT, DiTConfig
-from soraj.models.latent_codec import LatentCodec
+from soraj.models.latent_codec import LatentCodec, vae_config_from_dict
 from soraj.sample_rows import sample_rows
 from soraj.sampling_progress import StepProgress, status
 
@@ -68,10 +67,10 @@ class BundleGeometry:
         vae = exports.load_export_config(bundle / "vae", "vae", required=("vae_config",))
         dit = exports.load_export_config(bundle / "dit", "dit", required=("dit_config",))
         with exports.config_errors(bundle / "vae"):
-            temporal = 2 ** sum(vae["vae_config"]["temporal_downsample"])
-            spatial = 2 ** sum(vae["vae_config"]["spatial_downsample"])
+            vae_config = vae_config_from_dict(vae["vae_config"])  # pixel patches included
         with exports.config_errors(bundle / "dit"):
-            return cls(temporal, spatial, tuple(dit["dit_config"]["patch_size"]))
+            patch_size = tuple(dit["dit_config"]["patch_size"])
+        return cls(vae_config.temporal_factor, vae_config.spatial_factor, patch_size)
 
     def check(self, frames: int, height: int, width: int):
         pt, ph, pw = self.patch_size
@@ -354,10 +353,10 @@ def slug(prompt: str, limit: int = 48) -> str:
 
 
 def write_video_files(
-    out_dir: Path, name: str, video: np.ndarray, settings: dict, fps: float = SHAPES_FPS
+    out_dir: Path, name: str, video: np.ndarray, settings: dict, fps: float
 ) -> dict:
-    """Writes NAME.mp4 (H.264) and NAME.gif at fps, and NAME.json (settings, fps and the
-    files); returns the paths."""
+    """Writes NAME.mp4 (H.264) and NAME.gif at fps (the rate the model was trained on, or the
+    one asked for), and NAME.json (settings, fps and the files); returns the paths."""
     out_dir.mkdir(parents=True, exist_ok=True)
     upscale = max(1, 256 // max(video.shape[1:3]))  # tiny canvases are upscaled for viewing
     paths = {
@@ -381,7 +380,7 @@ def generate_to_files(
     steps: int,
     guidance: float,
     settings: dict,
-    fps: float = SHAPES_FPS,
+    fps: float,
 ):
     """One text-to-video sample written by write_video_files; returns (video, paths, seconds)."""
     start = time.perf_counter()

@@ -3,6 +3,7 @@ check that needs no weights first, then the bundle loads, the sampler compiles a
 progress on stderr, and the video is written at the frame rate the model was trained on."""
 
 import dataclasses
+import json
 import math
 import time
 from pathlib import Path
@@ -95,6 +96,14 @@ def check_flags(request: GenerateRequest) -> None:
         raise ValueError(
             f"--frames must be a positive integer of the form 1 + ft·k, got {request.frames}"
         )
+    for flag, value in (
+        ("--guidance", request.guidance),
+        ("--visual-guidance", request.visual_guidance),
+    ):
+        if not math.isfinite(value):
+            raise ValueError(f"{flag} must be a finite number (e.g. 1, 4, 7.5), got {value}")
+    if request.strength is not None and not math.isfinite(request.strength):
+        raise ValueError(f"--strength must be a number in (0, 1], got {request.strength}")
     if request.fps is not None and not (math.isfinite(request.fps) and request.fps > 0):
         raise ValueError(
             f"--fps must be a positive number of frames per second (e.g. 8, 24, 29.97), "
@@ -132,7 +141,7 @@ def check_request(request: GenerateRequest) -> CheckedRequest:
         check_expand_args(request)
     else:
         check_class_request(request, mode, stored.get("classes", []))
-    fps, fps_note = output_fps(request.fps, stored)
+    fps, fps_note = output_fps(request.fps, stored, bundle / "dit")
     # Last, as it may run a model or call a server; a class name is not text to expand.
     if text_model:
         expansion = expand_for_generation(request)
@@ -158,19 +167,73 @@ def check_class_request(request: GenerateRequest, mode, class_names) -> None:
     class_labels(tuple(class_names), [request.prompt])
 
 
-def output_fps(fps: float | None, stored: dict) -> tuple[float, str | None]:
-    """(frame rate, note): --fps, else the rate of the DiT's training data (its export's
-    trained_on.fps). Exports from before that field were all trained on Shapes clips."""
+# The sources of Shapes clips, which play at the Shapes world's rate (config.data.source).
+SHAPES_SOURCES = ("shapes", "shapes_canvases", "shapes_tfds")
+
+
+def output_fps(fps: float | None, stored: dict, directory: Path) -> tuple[float, str | None]:
+    """(frame rate, note): --fps, else the rate of the DiT's training data (trained_on.fps of
+    its export's config.json, stored in `directory`). Exports written before that field have
+    none: one trained on Shapes clips plays at the Shapes world's rate, said in the note; one
+    trained on anything else needs --fps. A stored rate that is not a positive number is a
+    BundleError (--fps overrides it)."""
     if fps is not None:
         return float(fps), None
-    trained = stored.get("trained_on", {}).get("fps")
+    path = Path(directory) / exports.EXPORT_CONFIG
+    trained_on = stored.get("trained_on", {})
+    if not isinstance(trained_on, dict):
+        raise exports.BundleError(
+            f"{path}: trained_on is a JSON {type(trained_on).__name__}, not an object; "
+            f"{exports.REMEDY}, or pass --fps"
+        )
+    trained = trained_on.get("fps")
     if trained is not None:
+        number = isinstance(trained, int | float) and not isinstance(trained, bool)
+        if not (number and math.isfinite(trained) and trained > 0):
+            raise exports.BundleError(
+                f"{path} gives trained_on.fps = {trained!r}, not a positive number of frames "
+                f"per second; {exports.REMEDY}, or pass --fps"
+            )
         return float(trained), None
+    source = trained_on.get("source")
+    if not trained_from_shapes(trained_on):
+        data = f"source {source!r}" if source is not None else "no trained_on.source"
+        if source == "recaptioned":
+            data += f", whose {recaptioned_info(trained_on)} does not name a Shapes dataset here"
+        raise exports.BundleError(
+            f"{path} records no training frame rate (no trained_on.fps), and its training "
+            f"data are not known to be Shapes clips, whose rate is known ({data}): pass --fps "
+            "(the frame rate of the clips it was trained on)"
+        )
     return float(SHAPES_FPS), (
-        "this checkpoint records no training frame rate (dit/config.json has no "
-        f"trained_on.fps: it was exported before the field existed); writing at the Shapes "
-        f"world's {SHAPES_FPS} fps; --fps sets another"
+        f"this checkpoint records no training frame rate ({path} has no trained_on.fps: it "
+        f"was exported before the field existed); it was trained on Shapes clips "
+        f"(source {source!r}), so writing at the Shapes world's {SHAPES_FPS} fps; --fps sets "
+        "another"
     )
+
+
+def trained_from_shapes(trained_on: dict) -> bool:
+    """Whether a DiT's training data (its export's trained_on) were Shapes clips: a Shapes
+    source, or a `soraj recaption` folder of a Shapes dataset (its dataset.json says so)."""
+    source = trained_on.get("source")
+    if source in SHAPES_SOURCES:
+        return True
+    if source != "recaptioned" or not trained_on.get("root"):
+        return False
+    try:  # the folder may be on another machine: then the input is not known to be Shapes
+        info = json.loads(recaptioned_info(trained_on).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    return isinstance(info, dict) and info.get("kind") == "shapes_tfds"
+
+
+def recaptioned_info(trained_on: dict) -> Path:
+    """The dataset.json of the `soraj recaption` folder a DiT was trained on: it names the
+    kind of dataset the folder recaptions."""
+    from soraj.data.caption_versions import DATASET_FILE
+
+    return Path(str(trained_on.get("root", ""))) / DATASET_FILE
 
 
 # ---- Generation -----------------------------------------------------------------------------

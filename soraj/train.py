@@ -3,9 +3,11 @@
 `train_and_evaluate(config, workdir)`. The step is a pure function of (state, packed batch,
 rng)."""
 
+import copy
 import dataclasses
 import functools
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -20,7 +22,7 @@ from soraj.data.data_shards import all_shard_states
 from soraj.data.frame_masks import MASK_TYPES, MaskCurriculum
 from soraj.diffusion.objective import flow_matching_loss
 from soraj.diffusion.timesteps import TimeShift, per_segment_timesteps
-from soraj.dit_data import host_batch_metrics, training_data
+from soraj.dit_data import check_fps, host_batch_metrics, training_data
 from soraj.generate import Generator, init_params, write_video_files
 from soraj.models import patching
 from soraj.models.conditioning import TextConfig, text_states
@@ -157,9 +159,20 @@ def export(
     if dit.config.conditioning == "class":
         stored["classes"] = list(class_names)
     exports.write_export(bundle / "dit", ema_params, stored)
-    if not (bundle / "vae").exists():
-        shutil.copytree(vae_dir, bundle / "vae")
+    copy_vae(vae_dir, bundle / "vae")
     return bundle
+
+
+def copy_vae(vae_dir: Path, target: Path) -> None:
+    """The bundle's VAE: vae_dir copied to target once, through target.tmp and a rename, so a
+    crash mid-copy leaves no partial VAE where the bundle's loader would find it."""
+    if target.exists():
+        return
+    staging = target.with_name(target.name + ".tmp")
+    if staging.exists():
+        shutil.rmtree(staging)  # a copy a crash cut short
+    shutil.copytree(vae_dir, staging)
+    os.replace(staging, target)
 
 
 def write_sample(workdir: Path, step: int, generator: Generator, config) -> Path:
@@ -230,8 +243,12 @@ def make_dit(config, codec: LatentCodec, text: TextConfig) -> DiT:
 
 def prepare(config: ml_collections.ConfigDict, workdir: str | Path) -> step_loop.TrainingRun:
     """Everything before the first step: checks, model, data and the restored or fresh state.
-    Bad input is refused here, before any step runs."""
-    schedule = step_loop.Schedule.from_config(config, config.total_steps)
+    Bad input is refused here, before any step runs. The run works on a copy of config whose
+    data.fps is the training clips' resolved frame rate (dit_data.training_fps): what
+    WORKDIR/config.json, the checkpoints' metadata and the export's trained_on record."""
+    schedule = step_loop.Schedule.from_config(config, config.total_steps, config.sample_every)
+    check_fps(config.data)  # cheap checks first; the source's own rate once it is open
+    config = copy.deepcopy(config)
     distributed.initialize(config.distributed)
     workdir = Path(workdir)
     text = TextConfig(**config.text)
@@ -242,6 +259,7 @@ def prepare(config: ml_collections.ConfigDict, workdir: str | Path) -> step_loop
     mesh = sharding.make_mesh(config.mesh)
     optimizer = optim.make_optimizer(config.optim)
     iterator, build_batch = training_data(config, codec, vae_dir, text, dit.config.patch_size, mesh)
+    config.data.fps = build_batch.fps
 
     def init_state(rng):
         init_rng, state_rng = jax.random.split(rng)

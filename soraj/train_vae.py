@@ -13,10 +13,11 @@ import optax
 
 from soraj import checkpoint, distributed, fault_tolerance, optim, sharding, step_loop, vae_losses
 from soraj.data.clip_shapes import clip_shapes, make_iterators
+from soraj.data.shapes import FPS as SHAPES_FPS
 from soraj.models import discriminator as disc
 from soraj.models.latent_codec import video_to_model_range
 from soraj.models.vae import VAE_PRESETS, VideoVAE, check_video_shape
-from soraj.vae_export import export, jitted_codec, write_reconstructions
+from soraj.vae_export import export, jitted_codec, sample_rate, write_reconstructions
 
 SOURCES = ("shapes", "video_folder")
 
@@ -220,7 +221,7 @@ def prepare(config: ml_collections.ConfigDict, workdir: str | Path) -> step_loop
     """Everything before the first step: checks, models, data and the restored or fresh state.
     Bad input is refused here, before any step runs."""
     workdir = Path(workdir)
-    schedule = step_loop.Schedule.from_config(config, config.total_steps)
+    schedule = step_loop.Schedule.from_config(config, config.total_steps, config.sample_every)
     if config.preset not in VAE_PRESETS:
         raise ValueError(f"unknown VAE preset {config.preset!r}; allowed: {sorted(VAE_PRESETS)}")
     model = VideoVAE(VAE_PRESETS[config.preset])
@@ -283,8 +284,15 @@ def prepare(config: ml_collections.ConfigDict, workdir: str | Path) -> step_loop
     samples_per_step = sum(shape.batch_size for shape in shapes)
     stats_batches = []  # the first batches, whose latents give the export's shift and scale
 
+    # The latest batch's clip records ("fps", "path"), whose frame rate a reconstruction GIF of
+    # video-folder clips plays at; Shapes clips play at the Shapes world's.
+    latest_records = []
+
     def next_step(step, state):
-        host_batch = {name: next(iterator)["video"] for name, iterator in iterators.items()}
+        items = {name: next(iterator) for name, iterator in iterators.items()}
+        host_batch = {name: item["video"] for name, item in items.items()}
+        if config.data.source != "shapes":
+            latest_records[:] = [{k: item[k] for k in ("fps", "path")} for item in items.values()]
         if len(stats_batches) < config.num_stats_batches:
             stats_batches.append(host_batch)
         state, metrics = step_fn(state, sharding.shard_batch(host_batch, mesh), rng)
@@ -292,14 +300,24 @@ def prepare(config: ml_collections.ConfigDict, workdir: str | Path) -> step_loop
 
     def write_sample(step, state, host_batch):
         path = workdir / "samples" / f"reconstruction_{step:06d}.gif"
-        write_reconstructions(path, reconstruct, state.ema_params, host_batch)
+        fps = SHAPES_FPS if config.data.source == "shapes" else sample_rate(latest_records)
+        write_reconstructions(path, reconstruct, state.ema_params, host_batch, fps)
+
+    def write_export(step, state):
+        # Only a run restored at its last step exports before any step ran (and then trains
+        # no more): its statistics come from the batches the iterators give next, as a resumed
+        # run's do. Drawing them in any other case would shift the training batches.
+        if not stats_batches:
+            for _ in range(config.num_stats_batches):
+                stats_batches.append({name: next(it)["video"] for name, it in iterators.items()})
+        export(workdir, model, state, config, stats_batches, encode)
 
     hooks = step_loop.StepHooks(
         step=next_step,
         log=lambda metrics, host_batch: (metrics, samples_per_step),
         data_state=lambda: {name: it.get_state() for name, it in iterators.items()},
         metadata=lambda step: checkpoint.training_metadata(config, mesh),
-        export=lambda step, state: export(workdir, model, state, config, stats_batches, encode),
+        export=write_export,
         sample=write_sample,
     )
     return step_loop.TrainingRun(

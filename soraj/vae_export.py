@@ -1,6 +1,7 @@
 """What the VAE trainer writes besides checkpoints: the jitted encode/reconstruct pair, latent
 statistics, the export (EMA params + config + latent shift and scale) and reconstruction GIFs."""
 
+import collections
 import dataclasses
 import json
 from pathlib import Path
@@ -11,7 +12,7 @@ from jax.experimental import multihost_utils
 
 from soraj import checkpoint, distributed, exports
 from soraj.data.video_folder import loop_to_length
-from soraj.data.video_io import write_gif
+from soraj.data.video_io import IMAGE_SUFFIXES, write_gif
 from soraj.models.latent_codec import model_range_to_video, video_to_model_range
 from soraj.models.vae import VideoVAE
 
@@ -31,6 +32,23 @@ def jitted_codec(model: VideoVAE):
         return model_range_to_video(reconstruction)
 
     return jax.jit(encode), jax.jit(reconstruct)
+
+
+def sample_rate(records) -> float:
+    """The frame rate of a batch's reconstruction GIF (it plays at one rate): the rate most of
+    the batch's video clips have, from their records' "fps" (video-folder records carry their
+    file's) and "path". A still has no rate of its own: only a batch of stills plays at theirs.
+    records: one batched record per clip shape."""
+    rates = [float(rate) for record in records for rate in np.ravel(record["fps"])]
+    paths = [str(path) for record in records for path in np.ravel(record["path"])]
+    videos = [
+        rate
+        for rate, path in zip(rates, paths, strict=True)
+        if not path.lower().endswith(IMAGE_SUFFIXES)
+    ]
+    if not rates:
+        raise ValueError("no clip records given: a reconstruction GIF plays at their frame rate")
+    return collections.Counter(videos or rates).most_common(1)[0][0]
 
 
 def latent_statistics(encode, params, batches) -> tuple[np.ndarray, np.ndarray]:
@@ -62,9 +80,12 @@ def export(workdir: Path, model: VideoVAE, state, config, stats_batches, encode)
     return exports.write_export(workdir / "export", ema_params, stored)
 
 
-def write_reconstructions(path: Path, reconstruct, params, batch: dict, count: int = 4) -> Path:
-    """One GIF: a row per clip shape of up to `count` (original | reconstruction) pairs; shorter
-    clips and images loop to the longest clip's length."""
+def write_reconstructions(
+    path: Path, reconstruct, params, batch: dict, fps: float, count: int = 4
+) -> Path:
+    """One GIF at fps (the clips' frame rate, which the caller knows from its source): a row per
+    clip shape of up to `count` (original | reconstruction) pairs; shorter clips and images
+    loop to the longest clip's length."""
     rows = []
     for video in batch.values():
         video = video[:count]
@@ -77,4 +98,4 @@ def write_reconstructions(path: Path, reconstruct, params, batch: dict, count: i
         for row in rows
     ]
     upscale = max(1, 128 // max(row.shape[1] for row in rows))
-    return Path(write_gif(path, np.concatenate(rows, axis=1), upscale=upscale))
+    return Path(write_gif(path, np.concatenate(rows, axis=1), fps, upscale=upscale))

@@ -16,6 +16,7 @@ from soraj.data.packed_pipeline import caption_from_bytes
 from soraj.data.shapes import (
     BACKGROUNDS,
     COLOURS,
+    FPS,
     MOTIONS,
     SHAPES,
     SIZES,
@@ -114,7 +115,7 @@ def test_video_folder_records_read_the_video_file(tmp_path):
     footage = tmp_path / "footage"
     footage.mkdir()
     clip = ShapesSource(1, 5, 16, 24, seed=1, split="all")[0]["video"]
-    write_mp4(footage / "a.mp4", clip)
+    write_mp4(footage / "a.mp4", clip, FPS)
     records = [
         {"path": str(footage / "a.mp4"), "caption_original": "a", "caption_dense": "A dense."},
         {"path": "a.mp4", "caption_original": "b", "caption_dense": "B.", "caption_short": "b"},

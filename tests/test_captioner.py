@@ -10,6 +10,7 @@ import pytest
 from soraj import cli
 from soraj.captions.accuracy import caption_accuracy, score_caption
 from soraj.captions.vocab import CaptionVocab
+from soraj.data.shapes import FPS as SHAPES_FPS
 from soraj.data.shapes import ShapeObject, ShapesScene, ShapesSource, split_prompts
 from soraj.data.video_io import write_mp4
 
@@ -83,18 +84,77 @@ def test_training_logs_saves_and_resumes(trained):
         json.loads(line)["step"] for line in (workdir / "metrics.jsonl").read_text().splitlines()
     ]
     assert steps == [2, 4, 6, 8]
-    assert (workdir / "heldout_accuracy.jsonl").exists()
+    heldout = workdir / "heldout_accuracy.jsonl"
+    assert [json.loads(line)["step"] for line in heldout.read_text().splitlines()] == [8]
     resumed = workdir.parent / "resumed"
     shutil.copytree(workdir, resumed)
+    # As if a run had died after logging past its step-8 checkpoint: both logs are trimmed.
+    for name in ("metrics.jsonl", "heldout_accuracy.jsonl"):
+        with open(resumed / name, "a") as log:
+            log.write(json.dumps({"step": 9, "exact": 0.0, "loss": 0.0}) + "\n")
     config.finetune_steps = 6  # two more steps from the step-8 checkpoint
     state = train_and_evaluate(config, resumed)
     assert int(state.step) == 10
+    logged = (resumed / "heldout_accuracy.jsonl").read_text().splitlines()
+    assert [json.loads(line)["step"] for line in logged] == [8, 10]
+    logged = (resumed / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["step"] for line in logged] == [2, 4, 6, 8, 10]
+    assert (resumed / "vocab.json").read_text() == (workdir / "vocab.json").read_text()
+
+
+class FakeManager:
+    """What run_vocabulary asks of a checkpoint manager."""
+
+    def __init__(self, latest_step, directory="/runs/c/checkpoints"):
+        self._latest, self.directory = latest_step, directory
+
+    def latest_step(self):
+        return self._latest
+
+
+def test_the_vocabulary_is_reused_only_beside_a_checkpoint(tmp_path):
+    from soraj.captions.train_captioner import corpus_captions, run_vocabulary
+    from soraj.configs.captioner import get_config
+
+    config = get_config("tiny")
+    config.data.num_clips = 40
+    # Independent of run_vocabulary: the shortlist of this config's corpus, and another one.
+    corpus = CaptionVocab.from_captions(corpus_captions(config)).to_dict()
+    other = CaptionVocab.from_captions(["a red ball", "a blue cube"]).to_dict()
+    path = tmp_path / "vocab.json"
+    path.write_text(json.dumps(other))
+    # A start whose earlier start saved no checkpoint: the corpus's vocabulary, written anew.
+    assert run_vocabulary(config, tmp_path, FakeManager(None)).to_dict() == corpus
+    assert json.loads(path.read_text()) == corpus
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["vocab.json"]  # no temporary left
+    # A resumed run keeps the stored one, whatever the corpus now gives.
+    path.write_text(json.dumps(other))
+    assert run_vocabulary(config, tmp_path, FakeManager(3)).to_dict() == other
+    path.unlink()
+    with pytest.raises(ValueError) as lost:
+        run_vocabulary(config, tmp_path, FakeManager(3))
+    assert str(lost.value) == (
+        f"/runs/c/checkpoints holds checkpoints up to step 3, but {path}, the vocabulary they "
+        "were trained with, is missing; restore it or start the run in a new workdir"
+    )
+
+
+def test_a_failed_start_leaves_no_vocabulary_behind_for_the_next(trained, tmp_path):
+    from soraj.captions.train_captioner import prepare
+
+    config, workdir = trained
+    # A start that wrote vocab.json and saved no checkpoint, then a config whose corpus differs.
+    stale = CaptionVocab.from_captions(["a red ball"]).to_dict()
+    (tmp_path / "vocab.json").write_text(json.dumps(stale))
+    prepare(config, tmp_path)
+    # The same config as the trained run: its vocabulary, not the stale one.
+    assert (tmp_path / "vocab.json").read_text() == (workdir / "vocab.json").read_text()
 
 
 def test_caption_command(trained, tmp_path, capsys):
     _, workdir = trained
     video = ShapesSource(1, 9, 32, 32, split="heldout")[0]["video"]
-    path = write_mp4(tmp_path / "clip.mp4", video)
+    path = write_mp4(tmp_path / "clip.mp4", video, SHAPES_FPS)
     result = cli.main(["caption", "--checkpoint", str(workdir), "--input", path, "--beam", "2"])
     line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert set(line) == {"caption", "mode", "seconds"} and line["mode"] == "dense"
@@ -111,7 +171,7 @@ def test_caption_command(trained, tmp_path, capsys):
 )
 def test_caption_bad_input(trained, tmp_path, flags, message):
     _, workdir = trained
-    clip = write_mp4(tmp_path / "c.mp4", np.zeros((9, 32, 32, 3), np.uint8))
+    clip = write_mp4(tmp_path / "c.mp4", np.zeros((9, 32, 32, 3), np.uint8), 8)
     argv = ["caption", "--checkpoint", str(workdir), "--input", clip, *flags]
     with pytest.raises(SystemExit) as exit_info:
         cli.main(argv)
@@ -125,7 +185,7 @@ def test_checkpoint_from_another_vocabulary(trained, tmp_path):
     stored = json.loads((export / "config.json").read_text())
     stored["vocab"]["fingerprint"] = "f" * 64
     (export / "config.json").write_text(json.dumps(stored))
-    clip = write_mp4(tmp_path / "c.mp4", np.zeros((9, 32, 32, 3), np.uint8))
+    clip = write_mp4(tmp_path / "c.mp4", np.zeros((9, 32, 32, 3), np.uint8), 8)
     with pytest.raises(SystemExit) as exit_info:
         cli.main(["caption", "--checkpoint", str(export), "--input", clip])
     assert "another WordPiece vocabulary" in str(exit_info.value.code)

@@ -10,6 +10,7 @@ import pytest
 from soraj.configs import t2v
 from soraj.data.class_folder import ClassFolderSource
 from soraj.data.packed_pipeline import PackedDataSpec, caption_from_bytes, packed_dataset
+from soraj.data.shapes import FPS as SHAPES_FPS
 from soraj.data.shapes import ShapesSource
 from soraj.data.video_io import write_mp4
 from soraj.generate import Generator
@@ -26,7 +27,7 @@ def class_folder(tmp_path_factory):
     for c, (name, (frames, height, width)) in enumerate(CLASSES.items()):
         source = ShapesSource(3, frames, height, width, seed=c, split="all")
         for i in range(3):
-            write_mp4(root / name / f"clip{i}.mp4", source[i]["video"])
+            write_mp4(root / name / f"clip{i}.mp4", source[i]["video"], SHAPES_FPS)
     (root / "red_things" / "notes.txt").write_text("not a clip")
     return root
 
@@ -80,7 +81,7 @@ def class_config(class_folder, num_classes=3):
     config.vae_checkpoint = VAE_DIR
     config.model.update(conditioning="class", num_classes=num_classes, depth=1, width=64)
     config.model.num_heads = 2
-    config.data.update(source="class_folder", root=str(class_folder), num_frames=5)
+    config.data.update(source="class_folder", root=str(class_folder), num_frames=5, fps=8.0)
     config.data.update(height=16, width=32, row_length=48, token_budget=48)
     config.batch_size = 2
     config.update(total_steps=2, log_every=1, save_every=2, sample_every=2)

@@ -79,22 +79,3 @@ def test_unknown_command():
     with pytest.raises(SystemExit) as exit_info:
         cli.main(["paint"])
     assert "allowed:" in str(exit_info.value.code)
-
-
-def test_only_the_entry_point_imports_the_cli():
-    """The CLI parses and dispatches; no module under soraj/ but __main__ depends on it."""
-    import ast
-    from pathlib import Path
-
-    package = Path(cli.__file__).parent
-    importers = []
-    for path in package.rglob("*.py"):
-        for node in ast.walk(ast.parse(path.read_text())):
-            names = []
-            if isinstance(node, ast.Import):
-                names = [alias.name for alias in node.names]
-            elif isinstance(node, ast.ImportFrom) and node.module:
-                names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
-            if "soraj.cli" in names:
-                importers.append(path.relative_to(package).as_posix())
-    assert sorted(set(importers)) == ["__main__.py"]

@@ -88,6 +88,8 @@ def command_line(command: str, bundle: Path, out: Path, input_video: str) -> lis
         return ["demo", *checkpoint, *out, "--steps", "2"]
     if command == "reconstruct":
         return ["reconstruct", *checkpoint, *out, "--input", input_video]
+    if command == "evaluate":  # its --out is the scores' JSON file
+        return ["evaluate", *checkpoint, "--out", f"{out[1]}/scores.json", "--num-prompts", "1"]
     return ["caption", *checkpoint, "--input", input_video]
 
 
@@ -125,6 +127,8 @@ CASES = [
     *[("reconstruct", "vae", name) for name in DAMAGES],
     *[("caption", "captioner", name) for name in DAMAGES],
     ("demo", "dit", "truncated array file"),
+    ("evaluate", "dit", "malformed config.json"),
+    ("evaluate", "dit", "truncated array file"),
 ]
 
 
@@ -141,3 +145,38 @@ def test_corrupt_arrays_are_one_line_too(tmp_path, input_video):
     result, params = run_damaged(tmp_path, input_video, "generate", "dit", corrupt_array_bytes)
     check_one_line_error(result, params, "generate")
     assert ": array dit." in result.stderr
+
+
+# ---- soraj evaluate: checked as generate checks, before any weights load -----------------------
+
+
+def test_evaluate_on_a_missing_path_is_one_line(tmp_path):
+    missing = tmp_path / "nowhere"
+    result = subprocess.run(
+        [sys.executable, "-m", "soraj", "evaluate", "--checkpoint", str(missing)],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, SORAJ_HUGE_PAGES="0"),
+        timeout=300,
+    )
+    assert result.returncode != 0
+    assert result.stderr.strip().splitlines() == [
+        f"soraj evaluate: error: no DiT export at {missing}: it does not exist"
+    ]
+
+
+def test_evaluate_checks_the_clip_size_against_the_bundle_before_loading(monkeypatch):
+    from soraj import cli, generate
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("weights were loaded before the clip size was checked")
+
+    monkeypatch.setattr(generate.Generator, "load", refuse)
+    # The shipped bundle: VAE factor 4 × DiT patch 2, and 1 + 4·k frames.
+    for flags, message in (
+        (["--height", "36"], "--height must be a positive multiple of 8"),
+        (["--frames", "8"], "--frames must be 1 + 4·k"),
+    ):
+        with pytest.raises(SystemExit) as exit_info:
+            cli.main(["evaluate", "--checkpoint", str(SHIPPED), *flags])
+        assert str(exit_info.value.code).startswith(f"soraj evaluate: error: {message}")

@@ -44,3 +44,49 @@ def test_unknown_config_is_refused():
 
     with pytest.raises(ValueError, match="allowed: \\['tiny'\\]"):
         expander.get_config("huge")
+
+
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("log_every", -1, "config.log_every must be an integer ≥ 0 (0: never), got -1"),
+        ("total_steps", 0, "config.total_steps must be an integer ≥ 1 (the steps the run"),
+        ("num_pairs", -5, "config.num_pairs must be an integer ≥ 1 (training pairs), got -5"),
+        ("encode_batch", 0, "config.encode_batch must be an integer ≥ 1 (prompts per MiniLM"),
+        ("learning_rate", float("nan"), "config.learning_rate must be a finite number > 0"),
+        ("weight_decay", -0.1, "config.weight_decay must be a finite number ≥ 0, got -0.1"),
+        ("model.depth", 0, "config.model.depth must be an integer ≥ 1 (a model size), got 0"),
+        ("model.num_heads", 3, "config.model.width = 128 must be a multiple of"),
+    ],
+)
+def test_bad_settings_are_a_value_error_before_any_work(monkeypatch, field, value, message):
+    """`soraj train-expander` can print a ValueError of set-up as one line (as the other
+    trainers' prepare errors): nothing is drawn, encoded or written first."""
+    from soraj.captions import train_expander
+    from soraj.configs import expander
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("set-up work ran before the config was checked")
+
+    monkeypatch.setattr(train_expander, "make_pairs", no_work)
+    monkeypatch.setattr(train_expander, "MiniLMEncoder", no_work)
+    config = expander.get_config("tiny")
+    *parents, leaf = field.split(".")
+    node = config
+    for parent in parents:
+        node = node[parent]
+    node[leaf] = value
+    with pytest.raises(ValueError) as refused:
+        train_expander.prepare(config, "/nowhere/expander")
+    assert message in str(refused.value) and "\n" not in str(refused.value)
+
+
+def test_unknown_model_fields_are_named():
+    from soraj.captions.train_expander import check_config
+    from soraj.configs import expander
+
+    config = expander.get_config("tiny")
+    config.model.unlock()
+    config.model.heads = 4
+    with pytest.raises(ValueError, match=r"config.model has unknown fields \['heads'\]; allowed"):
+        check_config(config)

@@ -3,6 +3,7 @@ a BundleError naming the file for each kind of damage, found before any array is
 
 import json
 import os
+from pathlib import Path
 
 import chex
 import flax.linen as nn
@@ -66,6 +67,115 @@ def test_boxed_and_plain_exports_load_against_a_boxed_model(tmp_path):
         exports.write_export(tmp_path / name, stored, {"kind": "test"}, dtype=jnp.float32)
         restored, _ = exports.load_export(tmp_path / name, abstract(boxed))
         chex.assert_trees_all_equal(restored, plain)
+
+
+# ---- A write cut short --------------------------------------------------------------------------
+# write_export writes NAME.tmp, then renames NAME → NAME.old and NAME.tmp → NAME, then removes
+# NAME.old. Each state a crash can leave is built here by hand from complete exports.
+
+
+def params_of(value):
+    """Params whose every entry is `value` (exactly representable in bfloat16)."""
+    return {"w": jnp.full((4, 3), value, jnp.float32)}
+
+
+def stored_value(directory):
+    """The one value an export of params_of(value) holds, and its config's "step"."""
+    params, config = exports.load_export(directory, abstract(params_of(0.0)))
+    values = np.unique(np.asarray(params["w"]))
+    assert values.size == 1
+    return float(values[0]), config["step"]
+
+
+def leftovers(name):
+    return sorted(p.name for p in name.parent.iterdir() if p.name != name.name)
+
+
+def export_elsewhere(tmp_path, value, step, where):
+    """A complete export of params_of(value), written apart and then moved to `where`."""
+    apart = tmp_path / f"apart_{step}"
+    exports.write_export(apart, params_of(value), {"kind": "test", "step": step})
+    os.replace(apart, where)
+
+
+def test_a_crash_between_the_renames_is_finished_by_the_next_write(tmp_path):
+    name = tmp_path / "bundle" / "dit"
+    exports.write_export(name, params_of(1.0), {"kind": "test", "step": 1})
+    # The crash came after NAME → NAME.old and before NAME.tmp (complete, step 2) → NAME.
+    os.replace(name, name.with_name("dit.old"))
+    export_elsewhere(tmp_path, 2.0, 2, name.with_name("dit.tmp"))
+    assert not name.exists()
+    exports.recover_export(name)
+    assert stored_value(name) == (2.0, 2)  # the newer, complete export swapped in
+    assert leftovers(name) == []
+    # The next write after such a crash also starts by recovering, and then swaps in its own.
+    os.replace(name, name.with_name("dit.old"))
+    export_elsewhere(tmp_path, 3.0, 3, name.with_name("dit.tmp"))
+    exports.write_export(name, params_of(4.0), {"kind": "test", "step": 4})
+    assert stored_value(name) == (4.0, 4)
+    assert leftovers(name) == []
+
+
+def test_an_unfinished_temporary_export_gives_the_old_one_back(tmp_path):
+    name = tmp_path / "dit"
+    exports.write_export(name, params_of(1.0), {"kind": "test", "step": 1})
+    os.replace(name, name.with_name("dit.old"))
+    # NAME.tmp without its config.json (written last) is not complete: the old one returns.
+    export_elsewhere(tmp_path, 2.0, 2, name.with_name("dit.tmp"))
+    (name.with_name("dit.tmp") / "config.json").unlink()
+    exports.recover_export(name)
+    assert stored_value(name) == (1.0, 1)
+    assert leftovers(name) == ["dit.tmp"]  # an unfinished write, started afresh by the next
+    exports.write_export(name, params_of(5.0), {"kind": "test", "step": 5})
+    assert stored_value(name) == (5.0, 5)
+    assert leftovers(name) == []
+
+
+def test_a_leftover_old_export_does_not_block_the_next_write(tmp_path):
+    name = tmp_path / "dit"
+    exports.write_export(name, params_of(1.0), {"kind": "test", "step": 1})
+    # The crash came after the swap, before NAME.old was removed.
+    export_elsewhere(tmp_path, 0.5, 0, name.with_name("dit.old"))
+    exports.write_export(name, params_of(2.0), {"kind": "test", "step": 2})
+    assert stored_value(name) == (2.0, 2)
+    assert leftovers(name) == []
+
+
+def test_recovering_a_sound_or_absent_export_changes_nothing(tmp_path):
+    name = tmp_path / "dit"
+    exports.recover_export(name)  # nothing there: nothing to do
+    assert list(tmp_path.iterdir()) == []
+    exports.write_export(name, params_of(1.0), {"kind": "test", "step": 1})
+    exports.recover_export(name)
+    assert stored_value(name) == (1.0, 1)
+    assert leftovers(name) == []
+
+
+def test_the_bundle_vae_is_copied_whole_or_not_at_all(tmp_path, monkeypatch):
+    from soraj import train
+
+    vae = tmp_path / "vae_export"
+    exports.write_export(vae, params_of(1.0), {"kind": "vae", "step": 7})
+    target = tmp_path / "bundle" / "vae"
+    target.parent.mkdir()
+    copytree = train.shutil.copytree
+
+    def cut_copy(source, destination):
+        os.makedirs(destination)
+        (Path(destination) / "config.json").write_bytes((Path(source) / "config.json").read_bytes())
+        raise OSError("disk full")  # before params/ was copied
+
+    monkeypatch.setattr(train.shutil, "copytree", cut_copy)
+    with pytest.raises(OSError, match="disk full"):
+        train.copy_vae(vae, target)
+    assert not target.exists()  # the cut copy sits in vae.tmp, where no loader looks
+    monkeypatch.setattr(train.shutil, "copytree", copytree)
+    train.copy_vae(vae, target)
+    assert stored_value(target) == (1.0, 7)
+    assert sorted(p.name for p in target.parent.iterdir()) == ["vae"]
+    exports.write_export(vae, params_of(2.0), {"kind": "vae", "step": 8})
+    train.copy_vae(vae, target)  # the bundle keeps the VAE it was first given
+    assert stored_value(target) == (1.0, 7)
 
 
 # ---- The search order ---------------------------------------------------------------------------

@@ -14,6 +14,7 @@ from PIL import Image
 
 from soraj import cli, generate
 from soraj.data.shapes import FPS as SHAPES_FPS
+from soraj.exports import BundleError
 from soraj.generate_request import GenerateRequest, check_request, output_fps
 
 SHIPPED = Path("experiments/shapes/checkpoint")
@@ -23,11 +24,20 @@ VAE_FIELDS = {
     "kind": "vae",
     "vae_config": {"temporal_downsample": [True, True], "spatial_downsample": [True, True]},
 }
+# A VAE with 2×2 pixel patches and one spatial halving: spatial factor 2 · 2 = 4, as "tiny64".
+PATCHED_VAE_FIELDS = {
+    "kind": "vae",
+    "vae_config": {
+        "temporal_downsample": [True, True],
+        "spatial_downsample": [True, False],
+        "pixel_patch": 2,
+    },
+}
 
 
-def configs_only_bundle(root: Path, dit_fields: dict) -> Path:
+def configs_only_bundle(root: Path, dit_fields: dict, vae_fields: dict = VAE_FIELDS) -> Path:
     """A bundle with configs but empty params folders: loading its weights would fail."""
-    for name, fields in (("vae", VAE_FIELDS), ("dit", {"kind": "dit", **dit_fields})):
+    for name, fields in (("vae", vae_fields), ("dit", {"kind": "dit", **dit_fields})):
         (root / name / "params").mkdir(parents=True)
         (root / name / "config.json").write_text(json.dumps(fields))
     return root
@@ -41,15 +51,23 @@ def no_weights(monkeypatch):
     monkeypatch.setattr(generate.Generator, "load", refuse)
 
 
+TRAINED_ON = {"source": "shapes", "fps": 8.0}
+
+
 @pytest.fixture
 def class_bundle(tmp_path, no_weights):
-    dit = {"dit_config": {"patch_size": [1, 2, 2], "conditioning": "class"}, "classes": CLASSES}
+    dit = {
+        "dit_config": {"patch_size": [1, 2, 2], "conditioning": "class"},
+        "classes": CLASSES,
+        "trained_on": TRAINED_ON,
+    }
     return configs_only_bundle(tmp_path / "classes", dit)
 
 
 @pytest.fixture
 def text_bundle(tmp_path, no_weights):
-    return configs_only_bundle(tmp_path / "text", {"dit_config": {"patch_size": [1, 2, 2]}})
+    dit = {"dit_config": {"patch_size": [1, 2, 2]}, "trained_on": TRAINED_ON}
+    return configs_only_bundle(tmp_path / "text", dit)
 
 
 def generate_error(argv) -> str:
@@ -90,6 +108,58 @@ def test_a_class_model_refuses_expansion_and_prompting_modes(class_bundle):
     assert "need a text-conditional checkpoint" in generate_error([*argv, "--loop"])
 
 
+# ---- Geometry -------------------------------------------------------------------------------
+
+
+def test_the_vaes_pixel_patch_counts_in_the_allowed_sizes(tmp_path, no_weights):
+    """Spatial factor pixel_patch · 2^(halvings) = 2 · 2 = 4, times the DiT patch 2: sides are
+    multiples of 8. 12 is a multiple of 2 · 2 (the factor without the pixel patch) but not 8."""
+    dit = {"dit_config": {"patch_size": [1, 2, 2]}, "trained_on": TRAINED_ON}
+    bundle = configs_only_bundle(tmp_path / "patched", dit, PATCHED_VAE_FIELDS)
+    argv = ["--checkpoint", str(bundle), "--prompt", PROMPT, "--height", "12"]
+    assert generate_error(argv) == (
+        "soraj generate: error: --height must be a positive multiple of 8 (VAE factor 4 × "
+        "patch 2), e.g. 8, 16, 32; got 12"
+    )
+    geometry = generate.BundleGeometry.read(bundle)
+    assert (geometry.temporal_factor, geometry.spatial_factor) == (4, 4)
+    request = GenerateRequest(PROMPT, str(bundle), height=16, width=24, out=str(tmp_path / "o"))
+    assert check_request(request).mode is None  # multiples of 8 pass
+
+
+def test_a_vae_config_this_code_cannot_build_is_one_line(tmp_path, no_weights):
+    fields = {"kind": "vae", "vae_config": {**PATCHED_VAE_FIELDS["vae_config"], "pixel_patch": 3}}
+    bundle = configs_only_bundle(
+        tmp_path / "bad", {"dit_config": {"patch_size": [1, 2, 2]}}, fields
+    )
+    message = generate_error(["--checkpoint", str(bundle), "--prompt", PROMPT])
+    assert message.startswith(f"soraj generate: error: {bundle / 'vae' / 'config.json'} ")
+    assert "pixel_patch must be one of (1, 2, 4), got 3" in message
+
+
+# ---- Guidance -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("flag", ["--guidance", "--visual-guidance"])
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
+def test_guidance_must_be_finite(text_bundle, flag, value):
+    argv = ["--checkpoint", str(text_bundle), "--prompt", PROMPT, f"{flag}={value}"]
+    assert generate_error(argv) == (
+        f"soraj generate: error: {flag} must be a finite number (e.g. 1, 4, 7.5), "
+        f"got {float(value)}"
+    )
+
+
+@pytest.mark.parametrize("value", ["nan", "inf"])
+def test_strength_must_be_a_number_in_range(text_bundle, tmp_path, value):
+    edit = tmp_path / "edit.mp4"
+    edit.write_bytes(b"")  # never read: the flags are refused first
+    argv = ["--checkpoint", str(text_bundle), "--prompt", PROMPT, "--edit", str(edit)]
+    assert generate_error([*argv, "--strength", value]) == (
+        f"soraj generate: error: --strength must be a number in (0, 1], got {float(value)}"
+    )
+
+
 # ---- Frame rate -----------------------------------------------------------------------------
 
 
@@ -99,11 +169,85 @@ def test_fps_must_be_a_positive_number(text_bundle, fps):
     assert "--fps must be a positive number of frames per second" in generate_error(argv)
 
 
-def test_the_frame_rate_is_the_training_datas_else_the_shapes_worlds():
-    assert output_fps(None, {"trained_on": {"fps": 12.0}}) == (12.0, None)
-    assert output_fps(30.0, {"trained_on": {"fps": 12.0}}) == (30.0, None)
-    fps, note = output_fps(None, {"trained_on": {"source": "shapes"}})  # an older export
-    assert fps == SHAPES_FPS == 8 and "trained_on.fps" in note and "--fps" in note
+DIT_DIR = Path("bundle/dit")
+DIT_CONFIG = DIT_DIR / "config.json"
+
+
+def test_the_frame_rate_is_the_training_datas():
+    assert output_fps(None, {"trained_on": {"fps": 12.0}}, DIT_DIR) == (12.0, None)
+    assert output_fps(None, {"trained_on": {"fps": 25, "source": "video_folder"}}, DIT_DIR) == (
+        25.0,
+        None,
+    )
+    assert output_fps(30.0, {"trained_on": {"fps": 12.0}}, DIT_DIR) == (30.0, None)
+
+
+@pytest.mark.parametrize("source", ["shapes", "shapes_canvases", "shapes_tfds"])
+def test_an_older_shapes_export_plays_at_the_shapes_rate_with_a_note(source):
+    fps, note = output_fps(None, {"trained_on": {"source": source}}, DIT_DIR)
+    assert fps == SHAPES_FPS == 8
+    assert f"{DIT_CONFIG} has no trained_on.fps" in note and repr(source) in note
+    assert "--fps" in note
+
+
+def recaptioned(tmp_path, kind: str) -> dict:
+    """trained_on of a DiT trained on a `soraj recaption` folder of a `kind` dataset."""
+    folder = tmp_path / kind
+    folder.mkdir()
+    (folder / "dataset.json").write_text(json.dumps({"kind": kind, "input": "elsewhere"}))
+    return {"source": "recaptioned", "root": str(folder)}
+
+
+def test_an_older_recaptioned_export_plays_at_the_shapes_rate_only_if_of_shapes(tmp_path):
+    fps, note = output_fps(None, {"trained_on": recaptioned(tmp_path, "shapes_tfds")}, DIT_DIR)
+    assert fps == SHAPES_FPS and "'recaptioned'" in note
+    for trained_on in (
+        recaptioned(tmp_path, "video_folder"),
+        {"source": "recaptioned", "root": str(tmp_path / "not_here")},  # on another machine
+    ):
+        with pytest.raises(BundleError, match="pass --fps") as error:
+            output_fps(None, {"trained_on": trained_on}, DIT_DIR)
+        info = f"{trained_on['root']}/dataset.json"
+        assert f"whose {info} does not name a Shapes dataset here" in str(error.value)
+
+
+@pytest.mark.parametrize(
+    "trained_on",
+    [{"source": "video_folder"}, {"source": "class_folder"}, {}, {"source": None}],
+)
+def test_an_export_of_other_footage_without_a_rate_needs_fps(trained_on):
+    with pytest.raises(BundleError) as error:
+        output_fps(None, {"trained_on": trained_on}, DIT_DIR)
+    message = str(error.value)
+    assert message.startswith(f"{DIT_CONFIG} records no training frame rate")
+    assert message.endswith("pass --fps (the frame rate of the clips it was trained on)")
+    assert "\n" not in message
+    assert output_fps(24.0, {"trained_on": trained_on}, DIT_DIR) == (24.0, None)
+
+
+@pytest.mark.parametrize("stored", [0, -8, float("nan"), float("inf"), "8", True, None])
+def test_a_stored_rate_that_is_not_a_positive_number_is_refused(stored):
+    trained_on = {"source": "shapes", "fps": stored}
+    if stored is None:  # JSON null: as if missing, so the Shapes rate with a note
+        assert output_fps(None, {"trained_on": trained_on}, DIT_DIR)[0] == SHAPES_FPS
+        return
+    with pytest.raises(BundleError) as error:
+        output_fps(None, {"trained_on": trained_on}, DIT_DIR)
+    assert str(error.value).startswith(f"{DIT_CONFIG} gives trained_on.fps = {stored!r}, not a")
+    assert str(error.value).endswith("or pass --fps")
+    assert output_fps(12.0, {"trained_on": trained_on}, DIT_DIR) == (12.0, None)
+
+
+@pytest.mark.parametrize("stored", ["0", "-1", "NaN", "Infinity"])
+def test_generate_refuses_a_bundle_with_a_bad_rate_in_one_line(tmp_path, no_weights, stored):
+    dit = {"dit_config": {"patch_size": [1, 2, 2]}, "trained_on": {"source": "shapes"}}
+    bundle = configs_only_bundle(tmp_path / "bundle", dit)
+    config = bundle / "dit" / "config.json"
+    # json.dumps cannot write NaN as the token a hand-edited file would hold: write it raw.
+    config.write_text(config.read_text().replace('"source": "shapes"', f'"fps": {stored}'))
+    message = generate_error(["--checkpoint", str(bundle), "--prompt", PROMPT])
+    assert message.startswith(f"soraj generate: error: {config} gives trained_on.fps = ")
+    assert message.endswith("or pass --fps") and "\n" not in message
 
 
 def mp4_rate(path) -> float:

@@ -218,6 +218,40 @@ def test_cli_rejects_bad_input(tmp_path, overrides, message):
     assert not out.exists()
 
 
+def with_vae(argv, vae):
+    argv = list(argv)
+    argv[argv.index("--vae") + 1] = vae
+    return argv
+
+
+def test_cli_refuses_an_empty_vae_in_one_line(tmp_path, capsys):
+    out = tmp_path / "cache"
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(with_vae(cache_argv(out), ""))
+    assert exit_info.value.code == 2  # argparse's usage error
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "soraj cache-latents: error: --vae is empty: give a VAE export, a generation bundle "
+        "or a workdir"
+    )
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("vae", "message"),
+    [
+        ("nowhere", "no VAE export at nowhere: it does not exist"),
+        ("experiments/shapes/checkpoint/dit", "holds a 'dit' export, not a 'vae' one"),
+    ],
+)
+def test_cli_finds_the_vae_as_every_command_does(tmp_path, vae, message):
+    """--vae is looked for as exports.find_export looks: a wrong path or another kind of export
+    is one line naming it."""
+    out = tmp_path / "cache"
+    with pytest.raises(SystemExit, match=message):
+        cli.main(with_vae(cache_argv(out), vae))
+    assert not out.exists()
+
+
 def test_cli_never_overwrites(cache_dir):
     before = (cache_dir / "latent_cache.json").read_text()
     with pytest.raises(SystemExit, match="already exists"):

@@ -1,5 +1,6 @@
 """The import direction of docs/architecture.md §3: models never import the trainers'
-infrastructure, not even through the modules they import (such as soraj/exports.py).
+infrastructure, not even through the modules they import (such as soraj/exports.py), and only
+the entry point soraj/__main__.py imports the command line (soraj/cli.py).
 
 Imports are read from the source with `ast`, so the test needs nothing from the code it checks.
 """
@@ -108,3 +109,27 @@ def test_models_never_import_the_trainers_infrastructure():
             chain.append(reached[chain[-1]])
         chains.append(" ← ".join(chain))
     assert not bad, "soraj/models reaches the trainers' infrastructure: " + "; ".join(chains)
+
+
+def test_only_the_entry_point_imports_the_cli():
+    """The CLI parses and dispatches; no module under soraj/ but __main__ imports it, in any
+    form (`import soraj.cli`, `from soraj import cli`, `from . import cli`, in a function)."""
+    importers = sorted(
+        path.relative_to(SORAJ).as_posix()
+        for path in SORAJ.rglob("*.py")
+        if "soraj.cli" in imported_names(path.read_text(), package_of(path))
+    )
+    assert importers == ["__main__.py"]
+
+
+def test_the_reader_sees_the_cli_imported_in_every_form():
+    forms = (
+        "import soraj.cli",
+        "from soraj import cli",
+        "from soraj.cli import main",
+        "def f():\n    from . import cli",
+    )
+    for source in forms:
+        assert "soraj.cli" in imported_names(source, "soraj"), source
+    assert "soraj.cli" in imported_names("from .. import cli", "soraj.eval")
+    assert "soraj.cli" not in imported_names("from soraj import client", "soraj")

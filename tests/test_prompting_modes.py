@@ -116,8 +116,8 @@ def inputs(tmp_path_factory):
     video = rng.integers(0, 255, size=(9, 32, 32, 3), dtype=np.uint8)
     short = video[:3]
     paths = {
-        "video": write_mp4(folder / "video.mp4", video),
-        "short": write_mp4(folder / "short.mp4", short),
+        "video": write_mp4(folder / "video.mp4", video, 8),
+        "short": write_mp4(folder / "short.mp4", short, 8),
         "image": str(folder / "image.png"),
     }
     Image.fromarray(video[0]).save(paths["image"])

@@ -147,7 +147,7 @@ def test_video_folder_with_and_without_captions(folder, tmp_path):
 
 def test_spread_frames_reach_first_and_last_frame(tmp_path):
     video = np.repeat(np.arange(0, 250, 25, dtype=np.uint8), 16 * 16 * 3).reshape(10, 16, 16, 3)
-    frames = read_spread_frames(pathlib.Path(write_mp4(tmp_path / "ramp.mp4", video)), 4)
+    frames = read_spread_frames(pathlib.Path(write_mp4(tmp_path / "ramp.mp4", video, 10)), 4)
     assert frames.shape == (4, 16, 16, 3)
     np.testing.assert_allclose(frames.mean(axis=(1, 2, 3)), [0, 75, 150, 225], atol=4)
 

@@ -84,7 +84,7 @@ def test_bad_values(input_video, tmp_path, flags, message):
 
 
 def test_bad_paths_and_tiny_frames(input_video, tmp_path):
-    tiny = write_mp4(tmp_path / "tiny.mp4", np.zeros((5, 2, 2, 3), np.uint8))
+    tiny = write_mp4(tmp_path / "tiny.mp4", np.zeros((5, 2, 2, 3), np.uint8), 8)
     not_a_dir = tmp_path / "file"
     not_a_dir.write_text("")
     cases = [

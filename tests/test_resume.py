@@ -17,6 +17,7 @@ import pytest
 
 from soraj import checkpoint, dit_data, train
 from soraj.configs import t2v
+from soraj.data.shapes import FPS as SHAPES_FPS
 from soraj.fault_tolerance import PREEMPTED_EXIT_CODE
 
 VAE_DIR = "experiments/shapes/checkpoint/vae"
@@ -102,6 +103,13 @@ def straight_run(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("straight")
     state = train.train_and_evaluate(make_config(save_every=4), workdir)
     return workdir, state
+
+
+def test_a_shapes_run_records_the_shapes_frame_rate(straight_run):
+    workdir, _ = straight_run
+    stored = json.loads((workdir / "export" / "dit" / "config.json").read_text())
+    assert stored["trained_on"]["fps"] == SHAPES_FPS == 8  # config.data.fps left unset
+    assert json.loads((workdir / "config.json").read_text())["data"]["fps"] == 8.0
 
 
 def test_killed_after_a_save_then_restarted_equals_the_straight_run(straight_run, tmp_path):

@@ -1,6 +1,7 @@
 """The trainers' shared step loop (soraj/step_loop.py) around a fake step that counts: the steps
-it logs, saves, exports and samples at, where a resumed run starts, the save and stop on
-preemption, and the stop on a non-finite streak. Expected steps are written out by hand."""
+it logs, saves, exports and samples at, where a resumed run starts (at or past its last step
+too), the checkpoint and stop on preemption, the stop on a non-finite streak, and the settings
+refused before anything is written. Expected steps are written out by hand."""
 
 import importlib
 import json
@@ -24,9 +25,10 @@ class FakeTrainer:
 
     def __init__(self, streaks=None, sigterm_at=None):
         self.streaks, self.sigterm_at = streaks or {}, sigterm_at
-        self.exports, self.samples, self.saved_data = [], [], []
+        self.exports, self.samples, self.saved_data, self.steps = [], [], [], []
 
     def step(self, step, state):
+        self.steps.append(step)
         if step == self.sigterm_at:
             os.kill(os.getpid(), signal.SIGTERM)
         state = {"count": state["count"] + 1, "weight": state["weight"] * 0.5}
@@ -44,10 +46,19 @@ class FakeTrainer:
         )
 
 
-def train(workdir, trainer, schedule, start_step=0, max_nonfinite_steps=3, with_samples=True):
-    """Runs the loop from a fresh state; returns (final state, saved steps)."""
+def train(
+    workdir,
+    trainer,
+    schedule,
+    start_step=0,
+    max_nonfinite_steps=3,
+    with_samples=True,
+    step_timeout=0,
+):
+    """Runs the loop from a state that has done start_step steps; returns (final state, the
+    checkpoint manager)."""
     config = ml_collections.ConfigDict(
-        dict(max_nonfinite_steps=max_nonfinite_steps, distributed=dict(step_timeout=0))
+        dict(max_nonfinite_steps=max_nonfinite_steps, distributed=dict(step_timeout=step_timeout))
     )
     manager = checkpoint.make_manager(workdir, keep=100, save_every=schedule.save_every)
     state = {"count": jnp.int32(start_step), "weight": jnp.ones(3)}
@@ -91,20 +102,81 @@ def test_every_n_steps_and_the_last_and_zero_is_never():
 )
 def test_bad_intervals_are_refused(fields, message):
     with pytest.raises(ValueError, match=message):
-        step_loop.Schedule(**{"total_steps": 10, "log_every": 1, "save_every": 1, **fields})
+        step_loop.Schedule(
+            **{"total_steps": 10, "log_every": 1, "save_every": 1, "sample_every": 0, **fields}
+        )
+
+
+@pytest.mark.parametrize("name", ["t2v", "vae", "captioner"])
+def test_every_trainer_config_turns_samples_and_logs_off_with_zero(name):
+    config = importlib.import_module(f"soraj.configs.{name}").get_config("tiny")
+    config.log_every = 0
+    # Each trainer passes its own sample_every; the captioner, which makes none, passes 0.
+    sample_every = 0
+    if name != "captioner":
+        config.sample_every = sample_every
+    schedule = step_loop.Schedule.from_config(config, 20, sample_every)
+    assert not any(schedule.logs_at(s) or schedule.samples_at(s) for s in range(1, 21))
+
+
+def test_a_schedule_needs_its_sample_interval_given():
+    config = importlib.import_module("soraj.configs.captioner").get_config("tiny")
+    with pytest.raises(TypeError, match="sample_every"):
+        step_loop.Schedule.from_config(config, 20)  # no default that could hide a forgotten one
 
 
 @pytest.mark.parametrize(
-    "name, arg",
-    [("t2v", "tiny"), ("vae", "tiny"), ("captioner", "tiny")],
+    "total, name, message",
+    [
+        (0, "total_steps", r"config.total_steps must be an integer ≥ 1 \(the steps the run"),
+        (-3, "total_steps", r"config.total_steps must be an integer ≥ 1 .*got -3"),
+        (2.0, "total_steps", r"config.total_steps must be an integer ≥ 1 .*got 2.0"),
+        (
+            0,
+            "pretrain_steps + config.finetune_steps",
+            r"config.pretrain_steps \+ config.finetune_steps must be an integer ≥ 1",
+        ),
+    ],
 )
-def test_every_trainer_config_turns_samples_and_logs_off_with_zero(name, arg):
-    config = importlib.import_module(f"soraj.configs.{name}").get_config(arg)
-    config.log_every = 0
-    if "sample_every" in config:
-        config.sample_every = 0
-    schedule = step_loop.Schedule.from_config(config, 20)
-    assert not any(schedule.logs_at(s) or schedule.samples_at(s) for s in range(1, 21))
+def test_a_run_of_no_steps_is_refused(total, name, message):
+    with pytest.raises(ValueError, match=message):
+        step_loop.Schedule(total, log_every=1, save_every=1, sample_every=0, total_name=name)
+
+
+def fault_config(max_nonfinite_steps=10, step_timeout=0):
+    return ml_collections.ConfigDict(
+        dict(
+            log_every=1,
+            save_every=1,
+            max_nonfinite_steps=max_nonfinite_steps,
+            distributed=dict(step_timeout=step_timeout),
+        )
+    )
+
+
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        (dict(max_nonfinite_steps=0), r"config.max_nonfinite_steps must be an integer ≥ 1"),
+        (dict(max_nonfinite_steps=-2), r"config.max_nonfinite_steps must be .*got -2"),
+        (dict(max_nonfinite_steps=2.5), r"config.max_nonfinite_steps must be .*got 2.5"),
+        (dict(max_nonfinite_steps=True), r"config.max_nonfinite_steps must be .*got True"),
+        (dict(step_timeout=float("nan")), r"step_timeout must be a finite number .*got nan"),
+        (dict(step_timeout=float("inf")), r"step_timeout must be a finite number .*got inf"),
+        (dict(step_timeout=-1), r"step_timeout must be a finite number of seconds ≥ 0 \(0: off"),
+        (dict(step_timeout=True), r"step_timeout must be .*got True"),
+        (dict(step_timeout="60"), r"step_timeout must be .*got '60'"),
+    ],
+)
+def test_bad_fault_settings_are_refused_by_the_schedule(settings, message):
+    with pytest.raises(ValueError, match=message):
+        step_loop.Schedule.from_config(fault_config(**settings), 10, 0)
+
+
+@pytest.mark.parametrize("settings", [dict(), dict(max_nonfinite_steps=1, step_timeout=0.5)])
+def test_good_fault_settings_pass(settings):
+    schedule = step_loop.Schedule.from_config(fault_config(**settings), 10, 0)
+    assert schedule == step_loop.Schedule(10, 1, 1, 0)
 
 
 # ---- The loop -----------------------------------------------------------------------------------
@@ -166,10 +238,73 @@ def test_sigterm_saves_the_step_it_arrives_in_and_stops(tmp_path):
     assert stopped.value.code == PREEMPTED_EXIT_CODE and stopped.value.step == 4
     manager = checkpoint.make_manager(tmp_path, keep=100, save_every=100)
     assert manager.all_steps() == [4]
-    assert trainer.exports == [(4, 4)]
+    assert trainer.exports == []  # the checkpoint only: no export inside the grace period
     assert trainer.samples == [1, 2, 3]  # the stopping step makes no sample
     assert [s for s, _, _ in logged(tmp_path)] == [1, 2, 3, 4]
     assert signal.getsignal(signal.SIGTERM) is previous
+
+
+@pytest.mark.skipif(
+    threading.current_thread() is not threading.main_thread(),
+    reason="SIGTERM handlers can only be installed from the main thread",
+)
+def test_sigterm_on_a_save_step_saves_without_exporting(tmp_path):
+    trainer = FakeTrainer(sigterm_at=4)
+    schedule = step_loop.Schedule(10, log_every=0, save_every=2, sample_every=0)
+    with pytest.raises(Preempted) as stopped:
+        train(tmp_path, trainer, schedule)
+    assert stopped.value.step == 4
+    assert checkpoint.make_manager(tmp_path, keep=100, save_every=2).all_steps() == [2, 4]
+    assert trainer.exports == [(2, 2)]  # step 2's scheduled export; none for step 4
+
+
+@pytest.mark.skipif(
+    threading.current_thread() is not threading.main_thread(),
+    reason="SIGTERM handlers can only be installed from the main thread",
+)
+def test_sigterm_on_the_last_step_finishes_the_run(tmp_path, capsys):
+    trainer = FakeTrainer(sigterm_at=5)
+    schedule = step_loop.Schedule(5, log_every=1, save_every=100, sample_every=1)
+    previous = signal.getsignal(signal.SIGTERM)
+    state, manager = train(tmp_path, trainer, schedule)  # no Preempted: the run is complete
+    assert int(state["count"]) == 5
+    assert manager.all_steps() == [5]
+    assert trainer.exports == [(5, 5)]
+    assert trainer.samples == [1, 2, 3, 4]  # the grace period pays for no sample
+    assert [s for s, _, _ in logged(tmp_path)] == [1, 2, 3, 4, 5]
+    out = capsys.readouterr().out
+    assert "preemption requested at the last step (5): finishing the run" in out
+    assert "fake export written to" in out
+    assert signal.getsignal(signal.SIGTERM) is previous
+
+
+def test_a_run_restored_at_its_last_step_exports_again_and_runs_nothing(tmp_path, capsys):
+    tmp_path.mkdir(exist_ok=True)
+    lines = [json.dumps({"step": s, "loss": 0.0, "of": s}) for s in range(1, 7)]
+    (tmp_path / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+    trainer = FakeTrainer()
+    schedule = step_loop.Schedule(6, log_every=1, save_every=3, sample_every=1)
+    state, manager = train(tmp_path, trainer, schedule, start_step=6)
+    assert trainer.steps == [] and trainer.samples == []
+    assert int(state["count"]) == 6
+    assert trainer.exports == [(6, 6)]  # from the restored state
+    assert manager.all_steps() == []  # nothing new to save
+    assert [s for s, _, _ in logged(tmp_path)] == [1, 2, 3, 4, 5, 6]
+    out = capsys.readouterr().out
+    assert "already at the last step (6): no step to run; fake export written again" in out
+
+
+def test_a_run_restored_past_its_last_step_is_refused_before_anything_is_written(tmp_path):
+    trainer = FakeTrainer()
+    schedule = step_loop.Schedule(5, log_every=1, save_every=1, sample_every=0)
+    with pytest.raises(ValueError) as refused:
+        train(tmp_path, trainer, schedule, start_step=8)
+    message = str(refused.value)
+    assert "is of step 8, past config.total_steps = 5" in message
+    assert "raise config.total_steps above 8 to continue it" in message
+    assert "\n" not in message
+    assert trainer.steps == [] and trainer.exports == []
+    assert not (tmp_path / "config.json").exists() and not (tmp_path / "metrics.jsonl").exists()
 
 
 def test_a_non_finite_streak_stops_before_its_step_is_saved(tmp_path):
@@ -183,9 +318,17 @@ def test_a_non_finite_streak_stops_before_its_step_is_saved(tmp_path):
     assert [step for step, _ in trainer.exports] == [1, 2, 3, 4]
 
 
-def test_bad_fault_settings_are_refused_before_the_first_step(tmp_path):
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        (dict(max_nonfinite_steps=0), "config.max_nonfinite_steps must be an integer ≥ 1"),
+        (dict(step_timeout=float("nan")), "config.distributed.step_timeout must be a finite"),
+    ],
+)
+def test_bad_fault_settings_are_refused_before_the_first_step(tmp_path, settings, message):
     trainer = FakeTrainer()
-    schedule = step_loop.Schedule(3, log_every=1, save_every=1)
-    with pytest.raises(ValueError, match="config.max_nonfinite_steps must be ≥ 1, got 0"):
-        train(tmp_path, trainer, schedule, max_nonfinite_steps=0)
+    schedule = step_loop.Schedule(3, log_every=1, save_every=1, sample_every=0)
+    with pytest.raises(ValueError, match=message):
+        train(tmp_path, trainer, schedule, **settings)
+    assert trainer.steps == []
     assert not (tmp_path / "metrics.jsonl").exists()

@@ -3,6 +3,7 @@ gradients, the GAN switch, mixed clip shapes, config checks, and exact resume th
 
 import contextlib
 import json
+import shutil
 
 import chex
 import flax.linen as nn
@@ -330,6 +331,7 @@ def quick_compiles(cache_directory):
 
 
 TOTAL_STEPS, RESTART_STEP, GAN_START = 5, 3, 2
+WALK_FPS = 12.5  # the footage's rate, which reconstruction GIFs play at (GIF delay 8 cs)
 
 
 def run_config(folder, total_steps, save_every, sample_every=100):
@@ -350,7 +352,7 @@ def runs(tmp_path_factory):
     folder = root / "footage"
     rng = np.random.default_rng(0)
     walk = np.cumsum(rng.integers(0, 4, (12, 24, 20, 3)), axis=0) % 256
-    write_mp4(folder / "walk.mp4", walk.astype(np.uint8))
+    write_mp4(folder / "walk.mp4", walk.astype(np.uint8), WALK_FPS)
     Image.fromarray(rng.integers(0, 256, (20, 28, 3), dtype=np.uint8)).save(folder / "still.png")
     captions = [{"path": "walk.mp4", "caption": "a clip"}, {"path": "still.png", "caption": "x"}]
     (folder / "captions.jsonl").write_text("\n".join(json.dumps(c) for c in captions) + "\n")
@@ -386,9 +388,30 @@ def test_resume_gives_bitwise_the_same_losses_and_params(runs):
     assert int(resumed.step) == TOTAL_STEPS
     for field in ("params", "ema_params", "opt_state", "disc_params", "disc_opt_state"):
         chex.assert_trees_all_equal(getattr(straight, field), getattr(resumed, field))
-    assert (root / "resumed" / "samples" / f"reconstruction_{TOTAL_STEPS:06d}.gif").is_file()
+    gif = root / "resumed" / "samples" / f"reconstruction_{TOTAL_STEPS:06d}.gif"
+    assert Image.open(gif).info["duration"] == 80  # the footage's 12.5 fps, not the still's 1
     assert not (root / "straight" / "samples").exists()  # sample_every = 0: never
     assert (root / "resumed" / "export" / "config.json").is_file()
+
+
+def test_a_run_restored_at_its_last_step_writes_its_export_again(runs, tmp_path, monkeypatch):
+    from soraj import exports
+
+    root, straight, _ = runs
+    workdir = tmp_path / "again"
+    shutil.copytree(root / "straight", workdir)
+    shutil.move(workdir / "export", tmp_path / "first_export")  # as if lost after the save
+    monkeypatch.setitem(VAE_PRESETS, MICRO, MICRO_CONFIG)
+    config = run_config(root / "footage", TOTAL_STEPS, save_every=TOTAL_STEPS, sample_every=0)
+    state = train_vae.train_and_evaluate(config, workdir)
+    assert int(state.step) == TOTAL_STEPS
+    assert read_metrics(workdir) == read_metrics(root / "straight")  # no step ran again
+    abstract = jax.eval_shape(lambda: straight.ema_params)
+    again, stored = exports.load_export(workdir / "export", abstract)
+    first, _ = exports.load_export(tmp_path / "first_export", abstract)
+    chex.assert_trees_all_equal(again, first)  # the last step's EMA params, as first written
+    assert stored["step"] == TOTAL_STEPS
+    assert np.all(np.isfinite(stored["latent_shift"] + stored["latent_scale"]))
 
 
 def stored_disc_params(workdir, step):

@@ -1,7 +1,10 @@
-"""`soraj train` and `soraj train-vae` refuse bad input (flags, config values, paths) with one line
-on stderr and exit code 2 before any work; an error raised once steps run keeps its traceback."""
+"""`soraj train`, `soraj train-vae` and `soraj train-captioner` refuse bad input (flags, config
+values, paths, a checkpoint past the requested total) with one line on stderr and exit code 2
+before any work; an error raised once steps run keeps its traceback."""
 
+import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -65,6 +68,38 @@ def soraj(*args, code=None) -> subprocess.CompletedProcess:
             "config.save_every must be an integer ≥ 1 (a run always saves its last step",
         ),
         (["train-vae", "--config.log_every=-5"], "config.log_every must be an integer ≥ 0"),
+        (["train-expander", "--config.log_every=-5"], "config.log_every must be an integer ≥ 0"),
+        (
+            ["train", "--config.total_steps=0"],
+            "config.total_steps must be an integer ≥ 1 (the steps the run trains), got 0",
+        ),
+        (
+            ["train-vae", "--config.distributed.step_timeout=-5"],
+            "config.distributed.step_timeout must be a finite number of seconds ≥ 0 (0: off), "
+            "e.g. 0, 600 or 1800.5; got -5",
+        ),
+        (
+            ["train-vae", "--config.max_nonfinite_steps=0"],
+            "config.max_nonfinite_steps must be an integer ≥ 1",
+        ),
+        (
+            ["train-captioner", "--config.distributed.step_timeout=-1"],
+            "config.distributed.step_timeout must be a finite number of seconds ≥ 0",
+        ),
+        (
+            ["train-captioner", "--config.finetune_steps=-1"],
+            "config.finetune_steps must be an integer ≥ 0 (steps of the phase), got -1",
+        ),
+        (
+            ["train", "--config.data.fps=0"],
+            "config.data.fps must be a finite number of frames per second > 0 (e.g. 8, 24 or "
+            "29.97), or unset for the source's own rate; got 0.0",
+        ),
+        (["train", "--config.data.fps=inf"], "config.data.fps must be a finite number"),
+        (
+            ["train", "--config.data.source=class_folder", "--config.data.root=/nowhere"],
+            "config.data.source='class_folder' needs config.data.fps",
+        ),
     ],
 )
 def test_bad_input_is_one_line_before_any_work(tmp_path, args, message):
@@ -78,6 +113,28 @@ def test_bad_input_is_one_line_before_any_work(tmp_path, args, message):
     assert lines[0].startswith(f"soraj {command}: error: ")
     assert message in lines[0]
     assert not workdir.exists()
+
+
+def test_a_checkpoint_past_the_total_is_one_line_and_one_at_it_exports_again(tmp_path):
+    workdir = tmp_path / "run"
+    tiny_dit = [f"--config.{key}={value}" for key, value in OVERRIDES.items()]
+    done = soraj("train", f"--workdir={workdir}", *tiny_dit, "--config.total_steps=2")
+    assert done.returncode == 0, done.stderr
+    done = soraj("train", f"--workdir={workdir}", *tiny_dit, "--config.total_steps=1")
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert done.stderr.strip() == (
+        f"soraj train: error: the latest checkpoint in {workdir.absolute()}/checkpoints is of "
+        "step 2, past config.total_steps = 1: the run is already past the requested total; "
+        "raise config.total_steps above 2 to continue it"
+    )
+    export = workdir / "export" / "dit"
+    shutil.rmtree(export)  # as if lost: the same command writes it again, from step 2
+    done = soraj("train", f"--workdir={workdir}", *tiny_dit, "--config.total_steps=2")
+    assert done.returncode == 0, done.stderr
+    assert "already at the last step (2): no step to run; DiT export written again" in done.stdout
+    assert json.loads((export / "config.json").read_text())["step"] == 2
+    metrics = (workdir / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["step"] for line in metrics] == [1, 2]  # no step ran again
 
 
 def test_a_missing_workdir_flag_is_one_line():

@@ -1,11 +1,14 @@
-"""Chunked causal encode/decode equals the whole-clip pass (float32, 1e-5)."""
+"""Chunked causal encode/decode equals the whole-clip pass (float32, 1e-5), also for a VAE with
+pixel patches (the "tiny64-t2" preset)."""
 
 import chex
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
+from random_vae_params import random_vae_params
 
-from soraj.models.vae import VAEConfig, VideoVAE
+from soraj.models.vae import VAE_PRESETS, VAEConfig, VideoVAE
 from soraj.models.vae_chunked import decode_chunked, encode_chunked
 
 # Mid attention on, and one level that halves space but not time: every layer kind is chunked.
@@ -31,17 +34,33 @@ def model_and_params():
     return model, params, video
 
 
+@pytest.fixture(scope="module")
+def patched_model_and_params():
+    """The "tiny64-t2" preset (2×2 pixel patches, ft = 2, fs = 4) with random params."""
+    model = VideoVAE(VAE_PRESETS["tiny64-t2"])
+    noise = np.random.default_rng(2)
+    video = noise.uniform(-1, 1, (1, 17, 16, 16, 3)).astype(np.float32)
+    return model, random_vae_params(model, video[:, :3], noise), jnp.asarray(video)
+
+
+@pytest.fixture(params=["mid_attention", "tiny64-t2"])
+def vae(request):
+    """Both VAEs take 17×16×16 clips in chunks of 2, 4, 8 pixel frames (ft = 2)."""
+    name = "patched_model_and_params" if request.param == "tiny64-t2" else "model_and_params"
+    return request.getfixturevalue(name)
+
+
 @pytest.mark.parametrize("chunk", [2, 4, 8])
-def test_encode_chunked_equals_whole(model_and_params, chunk):
-    model, params, video = model_and_params
+def test_encode_chunked_equals_whole(vae, chunk):
+    model, params, video = vae
     whole = model.apply({"params": params}, video, method=VideoVAE.encode)
     chunked = encode_chunked(model, params, video, chunk)
     chex.assert_trees_all_close(chunked, whole, atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("chunk", [1, 3, 8])
-def test_decode_chunked_equals_whole(model_and_params, chunk):
-    model, params, video = model_and_params
+def test_decode_chunked_equals_whole(vae, chunk):
+    model, params, video = vae
     latents = model.apply({"params": params}, video, method=VideoVAE.encode)[0]  # (1, 9, ...)
     whole = model.apply({"params": params}, latents, method=VideoVAE.decode)
     chunked = decode_chunked(model, params, latents, chunk)

@@ -1,4 +1,5 @@
-"""Spatial tiling: layout, blend weights, tiled map vs untiled, and the tiled VAE against a
+"""Spatial tiling: layout, blend weights, tiled map vs untiled, and the tiled VAE (the "tiny"
+preset, and "tiny64-t2" with 2×2 pixel patches) against the whole frame and against a
 hand-blended reference built from whole-clip passes on the crops."""
 
 import functools
@@ -7,7 +8,7 @@ import chex
 import jax
 import numpy as np
 import pytest
-from random_vae_params import tiny_vae_and_clip
+from random_vae_params import random_vae_params, tiny_vae_and_clip
 
 from soraj.models.vae import VAE_PRESETS, VideoVAE
 from soraj.models.vae_chunked import decode_chunked, encode_chunked
@@ -117,14 +118,31 @@ def vae():
     return model, params, video, latents  # latents (1, 3, 4, 8, 8)
 
 
+@pytest.fixture(scope="module")
+def patched_vae():
+    """The "tiny64-t2" preset (2×2 pixel patches, ft = 2, fs = 4) with random params, on the
+    same clip."""
+    model = VideoVAE(VAE_PRESETS["tiny64-t2"])
+    _, _, video = tiny_vae_and_clip()
+    params = random_vae_params(model, video[:, :3], np.random.default_rng(1))
+    latents = np.asarray(_whole(model, params, video, "encode")[0])
+    return model, params, video, latents  # latents (1, 5, 4, 8, 8)
+
+
 @functools.partial(jax.jit, static_argnums=(0, 3))
 def _whole(model, params, x, method):
     return model.apply({"params": params}, x, method=getattr(VideoVAE, method))
 
 
+# Each preset's fixture: both have fs = 4, so the same tiles fit; chunks of 4 pixel frames
+# suit ft = 4 and ft = 2.
+PRESETS = {"tiny": "vae", "tiny64-t2": "patched_vae"}
+
+
+@pytest.mark.parametrize("preset", PRESETS)
 @pytest.mark.parametrize("tile", [(16, 32), (64, 64)])
-def test_one_tile_over_the_whole_frame_equals_untiled(vae, tile):
-    model, params, video, latents = vae
+def test_one_tile_over_the_whole_frame_equals_untiled(request, preset, tile):
+    model, params, video, latents = request.getfixturevalue(PRESETS[preset])
     mean, logvar = encode_tiled(model, params, video, 4, tile, overlap=8)
     chex.assert_trees_all_close(
         (mean, logvar), _whole(model, params, video, "encode"), atol=1e-5, rtol=1e-5
@@ -137,10 +155,11 @@ def test_one_tile_over_the_whole_frame_equals_untiled(vae, tile):
 
 # The crops run chunked with the tiles' chunk length (chunked equals whole-clip passes, see
 # test_vae_chunked.py), so the reference reuses the tiles' compiled chunk calls.
-def test_encode_tiled_equals_hand_blend_of_crop_encodes(vae):
+@pytest.mark.parametrize("preset", PRESETS)
+def test_encode_tiled_equals_hand_blend_of_crop_encodes(request, preset):
     # Width 32 px = 8 latent px; tiles of 6 latent px overlapping by 4 start at 0 and 2. Over
     # the shared latent columns 2..5, tile 1 ramps in at (j + 0.5) / 4.
-    model, params, video, _ = vae
+    model, params, video, _ = request.getfixturevalue(PRESETS[preset])
     left, _ = encode_chunked(model, params, video[:, :, :, 0:24], 4)  # (1, 3, 4, 6, 8)
     right, _ = encode_chunked(model, params, video[:, :, :, 8:32], 4)
     ramp = np.array([0.125, 0.375, 0.625, 0.875], np.float32)[:, None]  # (4, 1) over (W, C)
@@ -156,10 +175,11 @@ def test_encode_tiled_equals_hand_blend_of_crop_encodes(vae):
     np.testing.assert_allclose(mean, expected, atol=1e-5, rtol=1e-5)
 
 
-def test_decode_tiled_equals_hand_blend_of_crop_decodes(vae):
+@pytest.mark.parametrize("preset", PRESETS)
+def test_decode_tiled_equals_hand_blend_of_crop_decodes(request, preset):
     # Latent width 8 → 32 px; tiles of 24 px overlapping by 16 start at 0 and 8 px. Over the
     # shared pixel columns 8..23, tile 1 ramps in at (j + 0.5) / 16.
-    model, params, _, latents = vae
+    model, params, _, latents = request.getfixturevalue(PRESETS[preset])
     left = decode_chunked(model, params, latents[:, :, :, 0:6], 1)  # (1, 9, 16, 24, 3)
     right = decode_chunked(model, params, latents[:, :, :, 2:8], 1)
     ramp = ((np.arange(16) + 0.5) / 16).astype(np.float32)[:, None]

@@ -15,6 +15,7 @@ from PIL import Image
 from skimage import data as skimage_data
 
 from soraj.data.video_folder import VideoFolderSource, center_crop_resize, loop_to_length
+from soraj.data.video_io import write_mp4
 
 DEMO_MP4 = iscc_samples.VIDEO / "demo.mp4"  # 176x144, 24 fps, 1441 frames (CC-BY-4.0)
 DEMO_WEBM = iscc_samples.VIDEO / "demo.webm"
@@ -152,6 +153,30 @@ def test_items_carry_their_files_frame_rate(folder):
     assert source.frame_rate == 24.0  # the folder's videos, stills aside
     windows = VideoFolderSource(root, NUM_FRAMES, None, None, num_random_clips=3, seed=1)
     assert all(windows[i]["fps"] == source.frame_rates[windows[i]["path"]] for i in range(3))
+
+
+def test_the_folder_rate_is_its_videos_most_common_one_and_a_tie_names_none(tmp_path):
+    clip = np.zeros((3, 16, 16, 3), np.uint8)
+    write_mp4(tmp_path / "a.mp4", clip, 24)
+    write_mp4(tmp_path / "b.mp4", clip, 30)
+    Image.fromarray(skimage_data.coffee()).save(tmp_path / "still.png")
+    names = ["a.mp4", "b.mp4", "still.png"]
+    lines = [json.dumps({"path": name, "caption": "x"}) for name in names]
+    (tmp_path / "captions.jsonl").write_text("\n".join(lines) + "\n")
+    source = VideoFolderSource(tmp_path, 2, None, None)
+    assert source.video_frame_rates == {24.0: 1, 30.0: 1}  # the still has no rate of its own
+    with pytest.raises(ValueError) as tie:
+        _ = source.frame_rate
+    assert str(tie.value) == (
+        f"the videos under {tmp_path} have no single most common frame rate "
+        "(24 fps: 1 file, 30 fps: 1 file)"
+    )
+    write_mp4(tmp_path / "c.mp4", clip, 24)
+    lines.append(json.dumps({"path": "c.mp4", "caption": "y"}))
+    (tmp_path / "captions.jsonl").write_text("\n".join(lines) + "\n")
+    assert VideoFolderSource(tmp_path, 2, None, None).frame_rate == 24.0
+    (tmp_path / "captions.jsonl").write_text(json.dumps({"path": "still.png", "caption": "z"}))
+    assert VideoFolderSource(tmp_path, 2, None, None).frame_rate is None  # stills only
 
 
 def test_video_item_is_the_area_downscaled_first_frames(folder):

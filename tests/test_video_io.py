@@ -63,7 +63,7 @@ def test_an_mp4_is_read_back_at_the_rate_it_was_written(tmp_path, fps):
 
 def test_write_mp4_upscales_by_nearest_neighbour(tmp_path):
     video = smooth_video(num_frames=3, height=16, width=16)
-    frames, _ = decode_with_pyav(write_mp4(tmp_path / "big.mp4", video, upscale=3))
+    frames, _ = decode_with_pyav(write_mp4(tmp_path / "big.mp4", video, 8, upscale=3))
     reference = video.repeat(3, axis=1).repeat(3, axis=2)  # (T, 48, 48, 3)
     chex.assert_shape(frames, (3, 48, 48, 3))
     assert psnr(frames, reference) > 30
@@ -71,7 +71,7 @@ def test_write_mp4_upscales_by_nearest_neighbour(tmp_path):
 
 def test_write_mp4_pads_odd_sizes_by_edge_replication(tmp_path):
     video = smooth_video(num_frames=4, height=31, width=33)
-    frames, _ = decode_with_pyav(write_mp4(tmp_path / "odd.mp4", video))
+    frames, _ = decode_with_pyav(write_mp4(tmp_path / "odd.mp4", video, 8))
     chex.assert_shape(frames, (4, 32, 34, 3))
     assert psnr(frames[:, :31, :33], video) > 30
     padded = np.pad(video, ((0, 0), (0, 1), (0, 1), (0, 0)), mode="edge")
@@ -170,13 +170,25 @@ def test_missing_file_raises_video_read_error(tmp_path):
         (np.zeros((8, 8, 3), np.uint8), {}, "uint8"),
         (np.zeros((2, 8, 8, 3), np.uint8), {"upscale": 0}, "upscale"),
         (np.zeros((2, 8, 8, 3), np.uint8), {"fps": 0}, "fps"),
+        (np.zeros((2, 8, 8, 3), np.uint8), {"fps": float("nan")}, "fps"),
+        (np.zeros((2, 8, 8, 3), np.uint8), {"fps": float("inf")}, "fps"),
     ],
 )
 def test_writers_reject_bad_input(tmp_path, video, kwargs, message):
+    kwargs = {"fps": 8, **kwargs}
     with pytest.raises(ValueError, match=message):
         write_mp4(tmp_path / "x.mp4", video, **kwargs)
     with pytest.raises(ValueError, match=message):
         write_gif(tmp_path / "x.gif", video, **kwargs)
+
+
+def test_writers_have_no_default_frame_rate(tmp_path):
+    """A clip is written at its own rate: a forgotten fps is an error, not a silent 8."""
+    video = np.zeros((2, 8, 8, 3), np.uint8)
+    for write, name in ((write_mp4, "x.mp4"), (write_gif, "x.gif")):
+        with pytest.raises(TypeError, match="fps"):
+            write(tmp_path / name, video)
+        assert not (tmp_path / name).exists()
 
 
 def test_read_video_rejects_bad_max_frames():

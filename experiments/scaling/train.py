@@ -15,6 +15,7 @@ the wall-clock minutes it took; experiments/scaling/evaluate.py reads it.
 """
 
 import argparse
+import ast
 import json
 import shutil
 import subprocess
@@ -23,6 +24,7 @@ import time
 from pathlib import Path
 
 import jax
+import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 from dit_flops import PackedShape, model_train_step_flops  # noqa: E402
@@ -41,6 +43,21 @@ BUDGETS = (2.5e14, 5e14, 1e15)
 # The shipped recipe's settings that differ from t2v.py:tiny's defaults
 # (experiments/shapes/train_checkpoint.sh).
 RECIPE = ("--config.text.max_tokens=32",)
+# Everything flops_per_step reads.
+COUNTED_FIELDS = (
+    "model.width",
+    "model.depth",
+    "model.num_heads",
+    "model.mlp_ratio",
+    "model.patch_size",
+    "text.max_tokens",
+    "data.num_frames",
+    "data.height",
+    "data.width",
+    "data.row_length",
+    "data.max_segments",
+    "batch_size",
+)
 
 
 def overrides_dict(overrides) -> dict:
@@ -61,11 +78,23 @@ def apply_overrides(config, overrides):
         elif isinstance(current, int | float):
             value = type(current)(float(text))
         elif isinstance(current, tuple):
-            value = tuple(eval(text))  # a literal tuple of ints, as absl parses it
+            value = tuple(ast.literal_eval(text))  # a literal tuple, as absl parses it
         else:
             value = text
         node[leaf] = value
     return config
+
+
+def check_trained_config(workdir: Path, config) -> None:
+    """The FLOPs count used this script's reading of the overrides: the run's own config.json
+    (what `soraj train` parsed) must agree on everything the count depends on."""
+    trained = json.loads((workdir / "config.json").read_text())
+    for path in COUNTED_FIELDS:
+        section, name = path.split(".") if "." in path else (None, path)
+        ran = trained[section][name] if section else trained[name]
+        counted = config[section][name] if section else config[name]
+        if list(np.atleast_1d(ran)) != list(np.atleast_1d(counted)):
+            raise RuntimeError(f"{path}: the run used {ran!r}, the FLOPs count {counted!r}")
 
 
 def flops_per_step(config, vae: Path) -> tuple[int, int]:
@@ -125,6 +154,7 @@ def main():
             command = [sys.executable, "-m", "soraj", "train", preset]
             command += [*overrides, f"--config.total_steps={steps}", f"--workdir={workdir}"]
             subprocess.run(command, check=True)
+            check_trained_config(workdir, config)
             shutil.copytree(workdir / "export", target)
             entry["budgets"][str(index)] = {
                 "flops": steps * step_flops,

@@ -6,6 +6,7 @@ and `soraj recaption` load."""
 
 import functools
 import json
+import os
 from pathlib import Path
 
 import jax
@@ -14,7 +15,7 @@ import ml_collections
 import numpy as np
 import tqdm
 
-from soraj import checkpoint, optim, step_loop
+from soraj import checkpoint, fault_tolerance, optim, step_loop
 from soraj.captions.accuracy import caption_accuracy
 from soraj.captions.captioner import (
     Captioner,
@@ -248,6 +249,32 @@ def heldout_accuracy(captioner: Captioner, config, mode: str = "dense", beam: in
 # ---- Set-up (the loop itself is soraj/step_loop.py) -------------------------------------------
 
 
+VOCAB_FILE = "vocab.json"
+HELDOUT_LOG = "heldout_accuracy.jsonl"
+
+
+def run_vocabulary(config, workdir: Path, manager) -> CaptionVocab:
+    """The run's vocabulary, in WORKDIR/vocab.json: a run resumed from a checkpoint keeps the
+    one its checkpoints were trained with; any other start (a new run, or one whose earlier
+    start saved no checkpoint) builds it from this config's corpus and writes it afresh,
+    atomically, so a changed corpus never meets an old vocabulary."""
+    path, latest_step = workdir / VOCAB_FILE, manager.latest_step()
+    if latest_step is not None:
+        if not path.is_file():
+            raise ValueError(
+                f"{manager.directory} holds checkpoints up to step {latest_step}, "
+                f"but {path}, the vocabulary they were trained with, is missing; restore it or "
+                "start the run in a new workdir"
+            )
+        return CaptionVocab.from_dict(json.loads(path.read_text()))
+    vocab = CaptionVocab.from_captions(corpus_captions(config))
+    workdir.mkdir(parents=True, exist_ok=True)
+    staging = path.with_name(path.name + ".tmp")
+    staging.write_text(json.dumps(vocab.to_dict()))
+    os.replace(staging, path)  # a crash leaves the old file or the new one, never half of one
+    return vocab
+
+
 def captioner_config(config, vocab: CaptionVocab) -> CaptionerConfig:
     fields = config.model.to_dict()
     unfed = vocab.piece_ids(fields.pop("unfed_words", ()))
@@ -257,17 +284,17 @@ def captioner_config(config, vocab: CaptionVocab) -> CaptionerConfig:
 def prepare(config: ml_collections.ConfigDict, workdir: str | Path) -> step_loop.TrainingRun:
     """Everything before the first step: checks, vocabulary, model and the restored or fresh
     state. Bad input is refused here, before any step runs."""
+    for phase in PHASES:
+        step_loop.check_every(f"{phase}_steps", config[f"{phase}_steps"], why="steps of the phase")
     total = config.pretrain_steps + config.finetune_steps
-    schedule = step_loop.Schedule.from_config(config, total)
+    # The captioner makes no samples (its export's held-out accuracy is its measure).
+    schedule = step_loop.Schedule.from_config(
+        config, total, sample_every=0, total_name="pretrain_steps + config.finetune_steps"
+    )
     source, labelled = training_source(config), labelled_indices(config)  # checks the config
     workdir = Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
-    vocab_path = workdir / "vocab.json"
-    if vocab_path.exists():  # a resumed run keeps the vocabulary its checkpoints use
-        vocab = CaptionVocab.from_dict(json.loads(vocab_path.read_text()))
-    else:
-        vocab = CaptionVocab.from_captions(corpus_captions(config))
-        vocab_path.write_text(json.dumps(vocab.to_dict()))
+    manager = checkpoint.manager_from_config(config, workdir)
+    vocab = run_vocabulary(config, workdir, manager)
     model_config = captioner_config(config, vocab)
     model = CaptionModel(model_config)
     optimizer = optim.make_optimizer(config.optim)
@@ -277,7 +304,6 @@ def prepare(config: ml_collections.ConfigDict, workdir: str | Path) -> step_loop
         return optim.TrainState.create(init_captioner(model_config, init_rng), optimizer, state_rng)
 
     rng = jax.random.key(config.seed)
-    manager = checkpoint.manager_from_config(config, workdir)
     state, data_state, start_step = checkpoint.restore_or_init(manager, init_state, rng, None)
     n_params = sum(x.size for x in jax.tree.leaves(state.params))
     print(
@@ -302,7 +328,7 @@ def prepare(config: ml_collections.ConfigDict, workdir: str | Path) -> step_loop
         )
         if config.eval_clips and batches.phase == "finetune":
             accuracy = heldout_accuracy(Captioner.load(exported), config)
-            with open(workdir / "heldout_accuracy.jsonl", "a") as log:
+            with open(workdir / HELDOUT_LOG, "a") as log:
                 log.write(json.dumps({"step": step, **accuracy}) + "\n")
             tqdm.tqdm.write(f"step {step}: held-out dense exact match {accuracy['exact']:.3f}")
 
@@ -316,7 +342,7 @@ def prepare(config: ml_collections.ConfigDict, workdir: str | Path) -> step_loop
         metadata=lambda step: {"step": step},
         export=export,
     )
-    return step_loop.TrainingRun(
+    run = step_loop.TrainingRun(
         config,
         workdir,
         schedule,
@@ -327,6 +353,9 @@ def prepare(config: ml_collections.ConfigDict, workdir: str | Path) -> step_loop
         name="captioner",
         progress="captioner",
     )
+    # As metrics.jsonl (step_loop): accuracies logged past the restored step are run again.
+    fault_tolerance.trim_metrics(workdir, start_step, HELDOUT_LOG)
+    return run
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path):

@@ -3,6 +3,7 @@ MiniLM states of every prompt are computed once, then the caption decoder learns
 
 import dataclasses
 import functools
+import math
 import time
 from pathlib import Path
 
@@ -84,63 +85,136 @@ def train_step(params, opt_state, batch, *, decoder, optimizer):
     return params, opt_state, {"loss": loss, "token_accuracy": accuracy}
 
 
-# ---- Loop ---------------------------------------------------------------------------------------
+# ---- Set-up and loop ----------------------------------------------------------------------------
 
 
-def train_and_evaluate(config, workdir: str | Path) -> Path:
-    """Trains, then writes WORKDIR/export (what `--expander-checkpoint` and
-    `soraj generate --expand learned` read) and WORKDIR/metrics.jsonl."""
-    workdir = Path(workdir)
+def check_config(config) -> ExpanderConfig:
+    """Every setting the trainer reads, checked before any work (the pairs, the MiniLM states);
+    a bad one is a ValueError naming the field and what it allows. Returns the model config."""
     # No checkpoints, so none of the step loop's saves; its logging schedule is shared.
     step_loop.check_every("log_every", config.log_every)
-    model_config = ExpanderConfig(**config.model.to_dict())
-    start = time.perf_counter()
+    for name, least, why in (
+        ("total_steps", 1, "the steps the run trains"),
+        ("batch_size", 1, "pairs a step"),
+        ("num_pairs", 1, "training pairs"),
+        ("num_frames", 1, "frames of a scene"),
+        ("encode_batch", 1, "prompts per MiniLM call"),
+        ("warmup_steps", 0, "0: none"),
+        ("seed", 0, "a random seed"),
+    ):
+        step_loop.check_every(name, config[name], least=least, why=why)
+    for name, positive in (("learning_rate", True), ("weight_decay", False)):
+        value = config[name]
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not math.isfinite(value)
+            or value < 0
+            or (positive and value == 0)
+        ):
+            allowed = "a finite number > 0, e.g. 1e-3" if positive else "a finite number ≥ 0"
+            raise ValueError(f"config.{name} must be {allowed}, got {value!r}")
+    fields = config.model.to_dict()
+    known = [field.name for field in dataclasses.fields(ExpanderConfig)]
+    unknown = sorted(set(fields) - set(known))
+    if unknown:
+        raise ValueError(f"config.model has unknown fields {unknown}; allowed: {known}")
+    for name, value in fields.items():
+        step_loop.check_every(f"model.{name}", value, least=1, why="a model size")
+    if fields.get("width", ExpanderConfig.width) % fields.get(
+        "num_heads", ExpanderConfig.num_heads
+    ):
+        raise ValueError(
+            f"config.model.width = {fields.get('width')} must be a multiple of "
+            f"config.model.num_heads = {fields.get('num_heads')}"
+        )
+    return ExpanderConfig(**fields)
+
+
+@dataclasses.dataclass
+class ExpanderRun:
+    """The expander trainer set up to its first step (the pairs made, their MiniLM states
+    computed); train() runs the steps and writes the export."""
+
+    config: object
+    workdir: Path
+    model_config: ExpanderConfig
+    vocab: CaptionVocab
+    memory: np.ndarray  # (N, K, E) float16 MiniLM states of the prompts
+    memory_mask: np.ndarray  # (N, K)
+    tokens: np.ndarray  # (N, M) target ids
+    started: float  # time.perf_counter() when set-up began
+
+    def train(self) -> Path:
+        config, model_config, vocab = self.config, self.model_config, self.vocab
+        decoder = model_config.decoder(vocab.size)
+        params = init_params(model_config, vocab.size, config.seed)
+        schedule = optax.warmup_cosine_decay_schedule(
+            0.0,
+            config.learning_rate,
+            min(config.warmup_steps, config.total_steps // 2),
+            config.total_steps,
+        )
+        optimizer = optax.chain(
+            optax.clip_by_global_norm(1.0),
+            optax.adamw(schedule, weight_decay=config.weight_decay),
+        )
+        opt_state = optimizer.init(params)
+        rng = np.random.default_rng((config.seed, 12))
+        writer = MetricWriter(self.workdir, config.total_steps, 0, "train-expander")
+        for step in range(1, config.total_steps + 1):
+            rows = rng.integers(0, len(self.tokens), config.batch_size)
+            batch = {
+                "memory": self.memory[rows].astype(np.float32),
+                "memory_mask": self.memory_mask[rows],
+                "tokens": self.tokens[rows],
+            }
+            params, opt_state, metrics = train_step(
+                params, opt_state, batch, decoder=decoder, optimizer=optimizer
+            )
+            writer.advance()
+            if step_loop.due(step, config.log_every, config.total_steps):
+                writer.write(step, jax.device_get(metrics), config.batch_size)
+        writer.close()
+        export = exports.write_export(
+            self.workdir / "export",
+            params,
+            {
+                "kind": "expander",
+                "expander_config": dataclasses.asdict(model_config),
+                "vocab": vocab.to_dict(),
+                "trained_on": {
+                    "num_pairs": config.num_pairs,
+                    "seed": config.seed,
+                    "split": "train",
+                },
+                "step": config.total_steps,
+                "code_version": checkpoint.code_version(),
+            },
+        )
+        minutes = (time.perf_counter() - self.started) / 60
+        print(f"trained the expander in {minutes:.1f} minutes")
+        print(f"wrote the expander export to {export}")
+        return export
+
+
+def prepare(config, workdir: str | Path) -> ExpanderRun:
+    """Everything before the first step: the config checked (bad input is a ValueError before
+    any work, which `soraj train-expander` prints as one line), then the pairs, the vocabulary
+    and the prompts' MiniLM states."""
+    model_config = check_config(config)
+    started = time.perf_counter()
     prompts, targets = make_pairs(config.num_pairs, config.seed, config.num_frames)
     vocab = CaptionVocab.from_captions(targets + vocabulary_captions())
     tokens = vocab.encode(targets, [MODE] * len(targets), model_config.max_length)  # (N, M)
     encoder = MiniLMEncoder(max_tokens=model_config.text_max_tokens)
     memory, memory_mask = encode_prompts(encoder, prompts, config.encode_batch)
+    return ExpanderRun(
+        config, Path(workdir), model_config, vocab, memory, memory_mask, tokens, started
+    )
 
-    decoder = model_config.decoder(vocab.size)
-    params = init_params(model_config, vocab.size, config.seed)
-    schedule = optax.warmup_cosine_decay_schedule(
-        0.0,
-        config.learning_rate,
-        min(config.warmup_steps, config.total_steps // 2),
-        config.total_steps,
-    )
-    optimizer = optax.chain(
-        optax.clip_by_global_norm(1.0), optax.adamw(schedule, weight_decay=config.weight_decay)
-    )
-    opt_state = optimizer.init(params)
-    rng = np.random.default_rng((config.seed, 12))
-    writer = MetricWriter(workdir, config.total_steps, 0, "train-expander")
-    for step in range(1, config.total_steps + 1):
-        rows = rng.integers(0, len(prompts), config.batch_size)
-        batch = {
-            "memory": memory[rows].astype(np.float32),
-            "memory_mask": memory_mask[rows],
-            "tokens": tokens[rows],
-        }
-        params, opt_state, metrics = train_step(
-            params, opt_state, batch, decoder=decoder, optimizer=optimizer
-        )
-        writer.advance()
-        if step_loop.due(step, config.log_every, config.total_steps):
-            writer.write(step, jax.device_get(metrics), config.batch_size)
-    writer.close()
-    export = exports.write_export(
-        workdir / "export",
-        params,
-        {
-            "kind": "expander",
-            "expander_config": dataclasses.asdict(model_config),
-            "vocab": vocab.to_dict(),
-            "trained_on": {"num_pairs": config.num_pairs, "seed": config.seed, "split": "train"},
-            "step": config.total_steps,
-            "code_version": checkpoint.code_version(),
-        },
-    )
-    print(f"trained the expander in {(time.perf_counter() - start) / 60:.1f} minutes")
-    print(f"wrote the expander export to {export}")
-    return export
+
+def train_and_evaluate(config, workdir: str | Path) -> Path:
+    """Trains, then writes WORKDIR/export (what `--expander-checkpoint` and
+    `soraj generate --expand learned` read) and WORKDIR/metrics.jsonl."""
+    return prepare(config, workdir).train()

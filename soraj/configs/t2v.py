@@ -1,16 +1,16 @@
 """Text-to-video DiT training config: `--config=soraj/configs/t2v.py:tiny` (CPU) or `:S/2` ..."""
 
 import ml_collections
+from ml_collections import config_dict
 
 from soraj.configs import scale_out
 from soraj.data.frame_masks import MASK_SHARES
-from soraj.data.shapes import FPS as SHAPES_FPS
 
-# Per preset: the DiT preset, the clips (frames, height, width) and the batch size.
-# Per preset: the DiT preset, the default clip (frames, height, width), the packed rows
-# (batch_size rows of row_length tokens, at most max_segments samples each) and the token budget
-# of one sample. The default clip fills token_budget with a 4×8×8 VAE and 1×2×2 patches
-# (tiny: its 4×4×4 Shapes VAE), so a row holds row_length / token_budget full-size clips.
+# Per preset: the DiT preset (and patch_size, where it is not the preset's), the default clip
+# (frames, height, width), the packed rows (batch_size rows of row_length tokens, at most
+# max_segments samples each) and the token budget of one sample. The default clip fills
+# token_budget with a 4×8×8 VAE and 1×2×2 patches (tiny: its 4×4×4 Shapes VAE), so a row holds
+# row_length / token_budget full-size clips.
 _PRESETS = {
     "tiny": dict(
         model="tiny",
@@ -22,8 +22,10 @@ _PRESETS = {
         max_segments=4,
         token_budget=192,
     ),
-    # The shipped Shapes model: 9×64×64 clips through the "tiny64" VAE (3×16×16×8 latents)
-    # in 1×4×4 patches, so a clip is 48 tokens, as tiny's 32×32 clips are in 1×2×2 patches.
+    # 9×64×64 Shapes clips through a 64×64 Shapes VAE (vae.py:tiny64; the VAE presets
+    # "tiny64*" differ in temporal factor) in 1×4×4 patches: with a 2× temporal VAE 80 tokens a
+    # clip, four clips a row, each attending within a window of token_budget tokens and the
+    # blocks beside it (docs/architecture.md §4). The issue-14 experiments train on it.
     "tiny64": dict(
         model="tiny",
         patch_size=(1, 4, 4),
@@ -31,9 +33,9 @@ _PRESETS = {
         height=64,
         width=64,
         batch_size=8,
-        row_length=192,
+        row_length=320,
         max_segments=4,
-        token_budget=192,
+        token_budget=80,
     ),
     "S/2": dict(
         model="S/2",
@@ -147,9 +149,13 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
     config.data.root = ""
     config.data.num_random_clips = 0
     # The training clips' frame rate: the export stores it (trained_on.fps) and `soraj
-    # generate` writes videos at it. The Shapes sources play at the Shapes world's rate; for
-    # video_folder or class_folder give the footage's (VideoFolderSource.frame_rate).
-    config.data.fps = float(SHAPES_FPS)
+    # generate` writes videos at it. Unset (None), the trainer takes the source's before any
+    # work (soraj/dit_data.py training_fps): the Shapes sources (shapes, shapes_canvases,
+    # shapes_tfds, a recaptioned Shapes folder) play at the Shapes world's (shapes.FPS); a video
+    # folder (or a recaptioned one) at its videos' most common rate (VideoFolderSource
+    # .frame_rate), which a value given here must match. class_folder needs one given, e.g.
+    # --config.data.fps=25.
+    config.data.fps = config_dict.placeholder(float)
     # Per sample, which caption field trains: (field, odds) pairs summing to 1, drawn before the
     # dropout, e.g. (("caption_dense", 0.95), ("caption_original", 0.05)) as in DALL·E 3. The
     # fields must be in the source's records (Shapes: caption, caption_original, short_caption).

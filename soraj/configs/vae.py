@@ -1,6 +1,8 @@
-"""VAE training config: `--config=soraj/configs/vae.py:tiny` (Shapes, CPU), `:small`,
-`:4x8x8-c16`, or real footage through the video-folder source: `:real-4x8x8` / `:real-4x4x4`
-with `--config.data.folder=DIR` (a folder with captions.jsonl, see soraj/data/video_folder.py).
+"""VAE training config: `--config=soraj/configs/vae.py:tiny` (Shapes, CPU), `:tiny64` (9×64×64
+Shapes clips; the VAE is `config.preset`, default "tiny64", 2×2 pixel patches, and e.g.
+`--config.preset=tiny64-t2` halves time once instead of twice), `:small`, `:4x8x8-c16`, or real
+footage through the video-folder source: `:real-4x8x8` / `:real-4x4x4` with
+`--config.data.folder=DIR` (a folder with captions.jsonl, see soraj/data/video_folder.py).
 
 Clip shapes. `data.clip_shapes` is a tuple of (frames, height, width, batch_size), frames = 1
 for images: every step draws one batch of every shape, all in one jitted step (compiled once

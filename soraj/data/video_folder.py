@@ -90,6 +90,11 @@ def random_window_crop(
 # ---- Source ----
 
 
+def describe_rates(ranked) -> str:
+    """(rate, count) pairs, most common first, as "24 fps: 10 files, 30 fps: 3 files"."""
+    return ", ".join(f"{rate:g} fps: {count} file{'s' * (count != 1)}" for rate, count in ranked)
+
+
 def _read_captions(captions_path: pathlib.Path) -> list[tuple[str, str]]:
     if not captions_path.is_file():
         raise ValueError(f"captions file {captions_path} does not exist")
@@ -186,11 +191,27 @@ class VideoFolderSource(grain.sources.RandomAccessDataSource):
         return len(self.skipped_paths)
 
     @property
+    def video_frame_rates(self) -> collections.Counter:
+        """How many of the folder's readable videos have each frame rate (stills have none of
+        their own and are left out)."""
+        return collections.Counter(
+            r for p, r in self.frame_rates.items() if not p.lower().endswith(IMAGE_SUFFIXES)
+        )
+
+    @property
     def frame_rate(self) -> float | None:
-        """The frame rate most of the folder's videos have (stills have none of their own), or
-        None for a folder of stills: the rate a model trained on it records (config.data.fps)."""
-        rates = [r for p, r in self.frame_rates.items() if not p.lower().endswith(IMAGE_SUFFIXES)]
-        return collections.Counter(rates).most_common(1)[0][0] if rates else None
+        """The frame rate most of the folder's videos have, or None for a folder of stills: the
+        rate a model trained on it records (config.data.fps). Rates tied for most are a
+        ValueError: the footage then names no one rate."""
+        ranked = self.video_frame_rates.most_common()
+        if not ranked:
+            return None
+        if len(ranked) > 1 and ranked[0][1] == ranked[1][1]:
+            raise ValueError(
+                f"the videos under {self.root} have no single most common frame rate "
+                f"({describe_rates(ranked)})"
+            )
+        return ranked[0][0]
 
     def _skip(self, relative_path: str, error: Exception) -> None:
         with self._lock:

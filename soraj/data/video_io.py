@@ -94,8 +94,8 @@ def _check_video(video: np.ndarray, fps: float, upscale: int) -> np.ndarray:
         raise ValueError(
             f"video must be uint8 (T, H, W, 3) with T >= 1, got {video.dtype} {video.shape}"
         )
-    if not fps > 0:
-        raise ValueError(f"fps must be > 0, got {fps!r}")
+    if not (np.isfinite(fps) and fps > 0):
+        raise ValueError(f"fps must be a positive, finite number of frames per second, got {fps!r}")
     if not isinstance(upscale, int) or upscale < 1:
         raise ValueError(f"upscale must be a positive int, got {upscale!r}")
     # Nearest neighbour keeps the pixels of tiny clips crisp instead of blurring them.
@@ -108,8 +108,9 @@ def _parent_made(path) -> pathlib.Path:
     return path
 
 
-def write_mp4(path, video: np.ndarray, fps: float = 8, upscale: int = 1, crf: int = 18) -> str:
-    """Writes uint8 (T, H, W, 3) as H.264 yuv420p; returns the path written."""
+def write_mp4(path, video: np.ndarray, fps: float, upscale: int = 1, crf: int = 18) -> str:
+    """Writes uint8 (T, H, W, 3) as H.264 yuv420p at fps frames per second (the clip's own
+    rate: there is no default); returns the path written."""
     video = _check_video(video, fps, upscale)
     # yuv420p stores chroma at half resolution, so H.264 needs even sides: replicate the edge.
     pad_h, pad_w = video.shape[1] % 2, video.shape[2] % 2
@@ -127,8 +128,9 @@ def write_mp4(path, video: np.ndarray, fps: float = 8, upscale: int = 1, crf: in
     return str(path)
 
 
-def write_gif(path, video: np.ndarray, fps: float = 8, upscale: int = 1) -> str:
-    """Writes uint8 (T, H, W, 3) as a GIF that loops forever; returns the path written.
+def write_gif(path, video: np.ndarray, fps: float, upscale: int = 1) -> str:
+    """Writes uint8 (T, H, W, 3) as a GIF that loops forever at fps frames per second (the
+    clip's own rate: there is no default); returns the path written.
 
     The frame delay is 1/fps rounded to whole centiseconds (8 fps plays at 1/0.12 s).
     """

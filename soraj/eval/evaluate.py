@@ -6,6 +6,7 @@ composition rather than memory.
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -39,9 +40,21 @@ def evaluate_command(argv: list[str]):
     args = parser.parse_args(argv)
     if args.num_prompts < 1:
         parser.error(f"--num-prompts must be ≥ 1, got {args.num_prompts}")
-    from soraj.generate import Generator
+    from soraj.exports import BundleError
+    from soraj.generate import BundleGeometry, Generator, resolve_bundle
 
-    generator = Generator.load(args.checkpoint)
+    # The bundle and the clip size are checked before any weights load, as `soraj generate`
+    # checks them; a missing or damaged bundle ends in one line, as does damage that only
+    # reading the weights finds.
+    try:
+        geometry = BundleGeometry.read(resolve_bundle(args.checkpoint))
+        geometry.check(args.frames, args.height, args.width)
+    except ValueError as error:  # a BundleError, or a size the bundle cannot make
+        sys.exit(f"soraj evaluate: error: {error}")
+    try:
+        generator = Generator.load(args.checkpoint)
+    except BundleError as error:
+        sys.exit(f"soraj evaluate: error: {error}")
     prompts = split_prompts(args.split, args.num_prompts, args.seed, args.frames)
     start = time.perf_counter()
     scores, _ = evaluate(

@@ -20,7 +20,7 @@ from soraj.data.shapes import (
 # Nearest palette entry wins only within this RGB distance; the closest two palette colours
 # (yellow, orange) are 81 apart, so a ~30 unit colour shift of a generated video still labels right.
 COLOUR_TOLERANCE = 80.0
-MIN_AREA_FRACTION = 0.35  # of the caption's expected object area
+MIN_AREA_FRACTION = 0.35  # of an expected object area
 MAX_AREA_FRACTION = 4.0  # a blob much larger than the object is a colour wash, not the object
 MIN_FILL = 0.4  # blob area over its bounding box; random speckle clusters are stringy
 MIN_PRESENT_FRAMES = 0.6
@@ -93,13 +93,18 @@ def _classify_shape(coverage: np.ndarray) -> str:
     return "square" if fill >= SQUARE_MIN_FILL else "circle"
 
 
-def _classify_size(covered_area: float, shape: str, height: int, width: int) -> str:
-    """The size whose area for the seen shape is nearest in ratio: large is (0.36 / 0.22)² =
-    2.7x small, so the boundary sits 1.6x from either, far outside blur's area change."""
-    expected = {
-        size: AREA_FACTOR[shape] * object_extent(size, height, width) ** 2 for size in SIZES
-    }
-    return min(expected, key=lambda size: abs(np.log(covered_area / expected[size])))
+def _coverage_side(coverage: np.ndarray) -> float:
+    """Geometric mean of the coverage's soft bounding-box height and width, in pixels: every
+    shape fills its box's full height and width, so this measures size whatever the shape."""
+    box_height, box_width = coverage.max(axis=1).sum(), coverage.max(axis=0).sum()
+    return float(np.sqrt(box_height * box_width))
+
+
+def _classify_size(side: float, height: int, width: int) -> str:
+    """The size whose box side is nearest in ratio: large is 0.36 / 0.22 = 1.64x small, so the
+    boundary sits 1.28x from either, well outside what blur adds to a box."""
+    extents = {size: object_extent(size, height, width) for size in SIZES}
+    return min(extents, key=lambda size: abs(np.log(side / extents[size])))
 
 
 # ---- Per-object checks ----
@@ -121,16 +126,19 @@ def _motion_from_centroids(frames, centroids, num_frames: int, canvas) -> str:
 
 def check_object(video, labels, backgrounds, obj: ShapeObject) -> dict:
     num_frames, height, width = labels.shape
-    expected_area = AREA_FACTOR[obj.shape] * object_extent(obj.size, height, width) ** 2
+    # A blob counts whatever size it has (size is its own check): from MIN_AREA_FRACTION of
+    # the smallest size's area to MAX_AREA_FRACTION of the largest's, for the caption's shape.
+    areas = [AREA_FACTOR[obj.shape] * object_extent(s, height, width) ** 2 for s in SIZES]
+    area_range = (MIN_AREA_FRACTION * min(areas), MAX_AREA_FRACTION * max(areas))
     mask = labels == PALETTE_NAMES.index(obj.colour)  # (T, H, W)
     others = (labels != UNLABELLED) & ~mask & (labels < len(COLOURS))  # other objects' pixels
-    frames, centroids, shape_votes, covered_areas = [], [], [], []
+    frames, centroids, shape_votes, sides = [], [], [], []
     for frame in range(num_frames):
         blob = _largest_blob(mask[frame])
         if blob is None:
             continue
         area = int(blob.sum())
-        if not MIN_AREA_FRACTION <= area / expected_area <= MAX_AREA_FRACTION:
+        if not area_range[0] <= area <= area_range[1]:
             continue
         rows, cols = np.nonzero(blob)
         if area < MIN_FILL * (np.ptp(rows) + 1) * (np.ptp(cols) + 1):
@@ -139,7 +147,7 @@ def check_object(video, labels, backgrounds, obj: ShapeObject) -> dict:
             video[frame], blob, others[frame], COLOURS[obj.colour], backgrounds[frame]
         )
         shape_votes.append(_classify_shape(coverage))
-        covered_areas.append(float(coverage.sum()))
+        sides.append(_coverage_side(coverage))
         frames.append(frame)
         centroids.append(np.argwhere(blob).mean(axis=0))
     present = len(frames) >= MIN_PRESENT_FRAMES * num_frames
@@ -147,7 +155,7 @@ def check_object(video, labels, backgrounds, obj: ShapeObject) -> dict:
         return {"present": 0.0, "shape": 0.0, "size": 0.0, "motion": 0.0}
     votes = {shape: shape_votes.count(shape) for shape in set(shape_votes)}
     shape = max(sorted(votes), key=votes.get)
-    size = _classify_size(float(np.median(covered_areas)), shape, height, width)
+    size = _classify_size(float(np.median(sides)), height, width)
     motion = _motion_from_centroids(
         np.array(frames), np.array(centroids), num_frames, (height, width)
     )

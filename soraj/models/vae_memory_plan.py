@@ -4,11 +4,12 @@ the spatial tile, from an analytic model of peak memory checked against XLA's ow
 The peak of a planned encode (decode) is the clip going in and coming out, plus the working set
 of one chunk call: its stage's params, the carried causal-conv frames, the chunk in and out, and
 the activations. Activations are modelled as
-    K_stage × max over resolution levels of (frames_level + 2) · H_level · W_level · width_level
+    max over resolution levels of (frames_level + 2) · H_level · W_level · K_stage · width_level
 (the +2 are the frames a causal conv pads in front; width_level is the widest tensor living at
-that level) times the bytes of the compute dtype, plus frame attention's logits. K_stage is a
-calibrated count of level-sized tensors alive at once; tests/test_vae_memory_plan.py checks the
-chunk-call part against `jax.jit(...).lower(...).compile().memory_analysis()`.
+that level; level 0 adds P_stage tensors of 3p² channels, the clip as p×p pixel patches) times
+the bytes of the compute dtype, plus frame attention's logits. K_stage is a calibrated count
+of level-sized tensors alive at once; tests/test_vae_memory_plan.py checks the chunk-call part
+against `jax.jit(...).lower(...).compile().memory_analysis()`.
 """
 
 import dataclasses
@@ -23,11 +24,16 @@ from soraj.models.vae_chunked import apply_chunk
 from soraj.models.vae_tiling import decode_tiled, encode_tiled
 
 # Level-sized tensors alive at the peak of a chunk call, as XLA:CPU's memory analysis implies (its
-# convs are a 2D conv per temporal tap): 8.0-9.1 for encoders, 3.8-4.1 for decoders (their widest
+# convs are a 2D conv per temporal tap): 6.7-9.0 for encoders, 3.0-4.0 for decoders (their widest
 # tensor, the repeated input of an upsampling conv, lives only briefly), for the float32 presets
 # on frames of 64 px and more. Rounded up, so the estimate errs on the safe side; over all presets
-# and shapes it is 0.80-1.26 × XLA's (experiments/bench/vae_memory_estimate.py).
+# and shapes it is 0.79-1.31 × XLA's (experiments/bench/vae_memory_estimate.py).
 ACTIVATION_TENSORS = {"encode": 10.0, "decode": 4.5}
+# Besides those, the full-resolution level holds the clip as p×p pixel patches (3p² channels):
+# the encoder's patched input and its causally padded copy, the decoder's last conv output
+# before depth-to-space. Counting the level as max(width, 3p²) wide instead, times the tensors
+# above, gave 1.3-2.1 × XLA's for 4×4 patches on a base width of 8; leaving them out, 0.63 ×.
+PATCH_TENSORS = {"encode": 2.0, "decode": 1.0}
 MIN_TILE_UNITS = 2  # the smallest tile, in latent pixels per side
 STAGES = ("encode", "decode")
 
@@ -83,10 +89,13 @@ def _activation_bytes(config: VAEConfig, stage: str, batch: int, frames: int, h:
             width = max(widths[max(level - 1, 0)], widths[level])
         else:  # an upsampling conv repeats width w[l+1] up to level l
             width = max(widths[level], widths[min(level + 1, top)])
+        tensors = ACTIVATION_TENSORS[stage] * width
+        if level == 0:  # the clip as p×p pixel patches, 3p² channels, going in or coming out
+            tensors += PATCH_TENSORS[stage] * 3 * config.pixel_patch**2
         level_frames = -(-frames // time_div) + 2
         pixels = (h // space_div) * (w // space_div)
-        largest = max(largest, level_frames * pixels * width)
-    total = ACTIVATION_TENSORS[stage] * batch * largest * bytes_per_value
+        largest = max(largest, level_frames * pixels * tensors)
+    total = batch * largest * bytes_per_value
     if config.mid_attention:  # f32 logits and their softmax per latent frame
         fs, ft = config.spatial_factor, config.temporal_factor
         tokens = (h // fs) * (w // fs)
