@@ -95,7 +95,8 @@ def _classify_shape(coverage: np.ndarray) -> str:
 
 def _coverage_side(coverage: np.ndarray) -> float:
     """Geometric mean of the coverage's soft bounding-box height and width, in pixels: every
-    shape fills its box's full height and width, so this measures size whatever the shape."""
+    shape fills its box's full height and width, so this measures size whatever the shape
+    (an area would count a misread shape twice, as wrong shape and as wrong size)."""
     box_height, box_width = coverage.max(axis=1).sum(), coverage.max(axis=0).sum()
     return float(np.sqrt(box_height * box_width))
 
