@@ -228,6 +228,7 @@ def make_dit(config, codec: LatentCodec, text: TextConfig) -> DiT:
             latent_channels=latent[3],
             text_width=text.width,
             attention_backend=config.model.attention_backend,
+            context_parallel=config.model.context_parallel,
             dtype=config.model.dtype,
             conditioning=config.model.conditioning,
             num_classes=config.model.num_classes if config.model.conditioning == "class" else 0,

@@ -39,20 +39,21 @@ EXPECTED_VAE_AXES = {"conv_out": "fsdp"}
 # ---- A tiny text-conditioned DiT and one packed batch ----
 
 
-def tiny_setup(scan_blocks=False):
+def tiny_setup(scan_blocks=False, width=32, num_heads=2, context_parallel="all_gather"):
     config = t2v.get_config("tiny")
     config.optim.warmup_steps = 0  # a full-size first step, so params move
     config.data.token_budget = 8  # self-attention in windows of 24 keys over 32-token rows
     text = TextConfig(max_tokens=4)
     dit = DiT(
         DiTConfig(
-            width=32,
+            width=width,
             depth=2,
-            num_heads=2,
+            num_heads=num_heads,
             patch_size=(1, 1, 1),
             latent_channels=8,
             text_width=text.width,
             scan_blocks=scan_blocks,
+            context_parallel=context_parallel,
         )
     )
     optimizer = optim.make_optimizer(config.optim)

@@ -98,6 +98,9 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
     config.model.mlp_ratio = dit.mlp_ratio
     config.model.patch_size = tuple(preset.get("patch_size", dit.patch_size))
     config.model.attention_backend = dit.attention_backend
+    # With mesh.context > 1: how self-attention exchanges keys between the devices that hold
+    # a row's tokens ("all_gather" | "ulysses" | "ring" | "usp"; docs/architecture.md §4).
+    config.model.context_parallel = dit.context_parallel
     config.model.dtype = "float32"  # compute dtype ("float32" | "bfloat16"); params stay f32
     # Scale-out switches (soraj/models/dit.py): scan_blocks runs the blocks as one nn.scan (one
     # compiled block, stacked params); remat recomputes activations in the backward pass

@@ -67,6 +67,7 @@ class MultiHeadAttention(nn.Module):
     backend: str
     dtype: jnp.dtype
     zero_out: bool = False  # cross-attention starts as a no-op, like the adaLN-Zero gates
+    context_parallel: str | None = None  # self-attention only: the strategy over "tokens"
 
     @nn.compact
     def __call__(
@@ -93,6 +94,7 @@ class MultiHeadAttention(nn.Module):
             kv_mask=kv_mask,
             backend=self.backend,
             max_segment_length=window,
+            context_parallel=self.context_parallel,
         )  # (B, L, N, K)
         out_init = (
             nn.initializers.zeros_init() if self.zero_out else nn.initializers.xavier_uniform()
@@ -126,9 +128,9 @@ class DiTBlock(nn.Module):
 
         attn = dict(num_heads=cfg.num_heads, head_dim=cfg.head_dim, backend=cfg.attention_backend)
         h = modulate(layer_norm(x), shift_sa, scale_sa)  # (B, L, D)
-        h = MultiHeadAttention(**attn, dtype=dtype, name="self_attn")(
-            h, h, segment_ids, segment_ids, rope=rope, window=window
-        )
+        h = MultiHeadAttention(
+            **attn, context_parallel=cfg.context_parallel, dtype=dtype, name="self_attn"
+        )(h, h, segment_ids, segment_ids, rope=rope, window=window)
         x = x + gate_sa * h  # (B, L, D)
 
         if cfg.conditioning == "text":

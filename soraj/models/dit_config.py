@@ -4,6 +4,7 @@ import dataclasses
 
 import jax
 
+from soraj.models.context_attention import CONTEXT_STRATEGIES
 from soraj.models.layers import ATTENTION_BACKENDS
 
 DTYPES = ("float32", "bfloat16", "float16")
@@ -37,6 +38,9 @@ class DiTConfig:
     latent_channels: int = 8  # C
     text_width: int = 384  # E (MiniLM)
     attention_backend: str = "xla"  # "xla" | "cudnn" | "splash"
+    # How self-attention exchanges keys when the tokens are split over a context mesh axis
+    # (soraj/models/context_attention.py); nothing changes on one device.
+    context_parallel: str = "all_gather"  # "all_gather" | "ulysses" | "ring" | "usp"
     dtype: str = "float32"  # compute dtype; params are always f32
     # "text": captions enter by cross-attention and pooled into adaLN. "class": a label per
     # segment enters adaLN only (no cross-attention); row `num_classes` is the null label.
@@ -67,6 +71,11 @@ class DiTConfig:
             raise ValueError(
                 f"attention_backend={self.attention_backend!r}; "
                 f"allowed: {', '.join(ATTENTION_BACKENDS)}"
+            )
+        if self.context_parallel not in CONTEXT_STRATEGIES:
+            raise ValueError(
+                f"context_parallel={self.context_parallel!r}; "
+                f"allowed: {', '.join(CONTEXT_STRATEGIES)}"
             )
         if self.remat not in REMAT_CHOICES:
             raise ValueError(f"remat={self.remat!r}; allowed: {', '.join(REMAT_CHOICES)}")

@@ -1,13 +1,24 @@
 """Transformer blocks: segment-masked attention, 3D RoPE, MLP, norms, timestep embedding."""
 
-import functools
 import math
 from collections.abc import Callable
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-from jax.experimental.pallas.ops.tpu import splash_attention as splash
+
+from soraj.models.context_attention import (
+    CONTEXT_STRATEGIES,
+    context_axis,
+    context_parallel_attention,
+)
+from soraj.models.splash_kernel import (
+    SegmentIds,
+    interpreted,
+    pad_to_lanes,
+    queries_with_a_key,
+    splash_kernel,
+)
 
 ATTENTION_BACKENDS = ("xla", "cudnn", "splash")
 
@@ -124,55 +135,6 @@ def _xla_attention(q, k, v, mask):
     return jnp.einsum("bnlm,bmnk->blnk", probs, v)  # (B, L, N, K)
 
 
-# Splash tiles must be multiples of the TPU lane width (128), also in interpret mode.
-_SPLASH_LANES = 128
-_SPLASH_BLOCK_CHOICES = (512, 256, 128)  # largest that divides the padded length wins
-
-
-def _splash_block(padded_length: int) -> int:
-    return next(b for b in _SPLASH_BLOCK_CHOICES if padded_length % b == 0)
-
-
-@functools.cache
-def _splash_kernel(num_heads: int, q_length: int, kv_length: int, interpret: bool):
-    """Splash MHA kernel for padded lengths; segment ids do all the masking (static mask is full).
-
-    Built under ensure_compile_time_eval so its mask-info arrays are concrete constants even
-    when first called inside jit (otherwise they would be tracers leaked into the cache).
-    """
-    block_q, block_kv = _splash_block(q_length), _splash_block(kv_length)
-    block_sizes = splash.BlockSizes(
-        block_q=block_q,
-        block_kv=block_kv,
-        block_kv_compute=block_kv,
-        block_q_dkv=block_q,
-        block_kv_dkv=block_kv,
-        block_kv_dkv_compute=block_kv,
-        block_q_dq=block_q,
-        block_kv_dq=block_kv,
-    )
-    mask = splash.MultiHeadMask([splash.FullMask((q_length, kv_length))] * num_heads)
-    with jax.ensure_compile_time_eval():
-        return splash.make_splash_mha(
-            mask, block_sizes=block_sizes, head_shards=1, q_seq_shards=1, interpret=interpret
-        )
-
-
-def _pad_to_lanes(x: jnp.ndarray, axis: int, fill) -> jnp.ndarray:
-    pad = -x.shape[axis] % _SPLASH_LANES
-    widths = [(0, 0)] * x.ndim
-    widths[axis] = (0, pad)
-    return jnp.pad(x, widths, constant_values=fill)
-
-
-def _queries_with_a_key(q_ids: jnp.ndarray, kv_ids: jnp.ndarray) -> jnp.ndarray:
-    """bool (B, L): some key shares the query's id, found by binary search, never a (L, M) mask."""
-    kv_sorted = jnp.sort(kv_ids, axis=-1)  # (B, M)
-    index = jax.vmap(jnp.searchsorted)(kv_sorted, q_ids)  # (B, L)
-    index = jnp.minimum(index, kv_ids.shape[-1] - 1)
-    return jnp.take_along_axis(kv_sorted, index, axis=-1) == q_ids  # (B, L)
-
-
 def _splash_attention(q, k, v, q_segment_ids, kv_segment_ids, kv_mask):
     """Pallas splash attention; interpreted (slow, exact) when not running on a TPU.
 
@@ -187,19 +149,17 @@ def _splash_attention(q, k, v, q_segment_ids, kv_segment_ids, kv_mask):
     if kv_mask is not None:
         kv_valid &= kv_mask.astype(bool)
     kv_ids = jnp.where(kv_valid, kv_segment_ids, pad_id)  # (B, M)
-    has_key = (q_segment_ids != 0) & _queries_with_a_key(q_ids, kv_ids)  # (B, L)
+    has_key = (q_segment_ids != 0) & queries_with_a_key(q_ids, kv_ids)  # (B, L)
 
     # Splash does not scale q, and wants heads first: (B, N, L, K).
     q = jnp.swapaxes(q * (1.0 / math.sqrt(head_dim)), 1, 2).astype(q.dtype)
     k, v = jnp.swapaxes(k, 1, 2), jnp.swapaxes(v, 1, 2)  # (B, N, M, K)
-    q, k, v = _pad_to_lanes(q, 2, 0), _pad_to_lanes(k, 2, 0), _pad_to_lanes(v, 2, 0)
-    q_ids = _pad_to_lanes(q_ids.astype(jnp.int32), 1, pad_id)  # (B, L')
-    kv_ids = _pad_to_lanes(kv_ids.astype(jnp.int32), 1, pad_id)  # (B, M')
+    q, k, v = pad_to_lanes(q, 2, 0), pad_to_lanes(k, 2, 0), pad_to_lanes(v, 2, 0)
+    q_ids = pad_to_lanes(q_ids.astype(jnp.int32), 1, pad_id)  # (B, L')
+    kv_ids = pad_to_lanes(kv_ids.astype(jnp.int32), 1, pad_id)  # (B, M')
 
-    kernel = _splash_kernel(
-        num_heads, q.shape[2], k.shape[2], interpret=jax.default_backend() != "tpu"
-    )
-    out = jax.vmap(kernel)(q, k, v, segment_ids=splash.SegmentIds(q=q_ids, kv=kv_ids))
+    kernel = splash_kernel(num_heads, q.shape[2], k.shape[2], interpret=interpreted())
+    out = jax.vmap(kernel)(q, k, v, segment_ids=SegmentIds(q=q_ids, kv=kv_ids))
     out = jnp.swapaxes(out[:, :, :q_length], 1, 2)  # (B, L, N, K)
     return jnp.where(has_key[:, :, None, None], out, 0).astype(out.dtype)
 
@@ -258,6 +218,7 @@ def attention(
     kv_mask: jnp.ndarray | None = None,
     backend: str = "xla",
     max_segment_length: int | None = None,
+    context_parallel: str | None = None,
 ) -> jnp.ndarray:
     """Segment-masked softmax attention: q (B, L, N, K), k/v (B, M, N, K) -> (B, L, N, K).
 
@@ -271,6 +232,10 @@ def attention(
     rows, every segment is one contiguous run of at most W tokens (the packer's rows with a
     token budget of W). "xla" and "cudnn" then attend within 3W-key windows, not the whole
     row: the same result for far less work when L ≫ W. Splash skips masked blocks itself.
+
+    context_parallel (self-attention only): when the logical "tokens" axis is split over more
+    than one device, the strategy of soraj/models/context_attention.py that exchanges keys
+    ("all_gather", "ulysses", "ring" or "usp"); on one device it changes nothing.
     """
     if backend not in ATTENTION_BACKENDS:
         raise ValueError(
@@ -280,6 +245,32 @@ def attention(
         raise ValueError(
             f"q must be (B, L, N, K) and k, v (B, M, N, K); got {q.shape}, {k.shape}, {v.shape}"
         )
+    if context_parallel is not None:
+        if context_parallel not in CONTEXT_STRATEGIES:
+            raise ValueError(
+                f"unknown context-parallel strategy {context_parallel!r}; "
+                f"allowed: {', '.join(CONTEXT_STRATEGIES)}"
+            )
+        if kv_mask is not None or q.shape[1] != k.shape[1]:
+            raise ValueError("context_parallel is for self-attention (L = M, no kv_mask)")
+        axis = context_axis()
+        if axis is not None:
+
+            def local_attention(q, k, v, q_ids, kv_ids):
+                return attention(
+                    q, k, v, q_segment_ids=q_ids, kv_segment_ids=kv_ids, backend=backend
+                )
+
+            return context_parallel_attention(
+                q,
+                k,
+                v,
+                q_segment_ids,
+                strategy=context_parallel,
+                axis=axis,
+                ring_kernel="splash" if backend == "splash" else "reference",
+                local_attention=local_attention,
+            )
     if backend == "splash":
         return _splash_attention(q, k, v, q_segment_ids, kv_segment_ids, kv_mask).astype(q.dtype)
     dense = _xla_attention if backend == "xla" else _cudnn_attention

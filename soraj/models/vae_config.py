@@ -119,6 +119,26 @@ VAE_PRESETS = {
         spatial_downsample=(True, False),
         pixel_patch=2,
     ),
+    # 4×4 pixel patches straight into a wider trunk at 16×16: no spatial downsampling left,
+    # time halved once. Wider where the shape's corners are decided, at "tiny64"'s cost.
+    "p4-b16": VAEConfig(
+        base_channels=16,
+        channel_multipliers=(1, 2),
+        num_res_blocks=1,
+        latent_channels=8,
+        temporal_downsample=(True,),
+        spatial_downsample=(False,),
+        pixel_patch=4,
+    ),
+    "p4-b32": VAEConfig(
+        base_channels=32,
+        channel_multipliers=(1, 2),
+        num_res_blocks=1,
+        latent_channels=8,
+        temporal_downsample=(True,),
+        spatial_downsample=(False,),
+        pixel_patch=4,
+    ),
     "small": VAEConfig(
         base_channels=64,
         channel_multipliers=(1, 2, 4),

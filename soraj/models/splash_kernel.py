@@ -1,0 +1,112 @@
+"""The Pallas splash attention kernel as soraj builds it: lane padding, block sizes, and one
+cached kernel per (heads, query length, key length), masked by segment ids alone.
+
+Splash runs on TPUs; everywhere else it is interpreted (slow, exact), which is how the CPU
+tests check it. Inside shard_map the kernel needs check_vma=False.
+"""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax.experimental.pallas.ops.tpu import splash_attention as splash
+from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel
+
+# Splash tiles must be multiples of the TPU lane width (128), also in interpret mode.
+LANES = 128
+_BLOCK_CHOICES = (512, 256, 128)  # largest that divides the padded length wins
+
+SegmentIds = splash.SegmentIds
+
+
+def _block(padded_length: int) -> int:
+    return next(b for b in _BLOCK_CHOICES if padded_length % b == 0)
+
+
+def interpreted() -> bool:
+    return jax.default_backend() != "tpu"
+
+
+@functools.cache
+def splash_kernel(
+    num_heads: int, q_length: int, kv_length: int, interpret: bool, save_residuals: bool = False
+):
+    """Splash MHA kernel for lane-padded lengths; segment ids do all the masking (the static
+    mask is full). With save_residuals it returns (out, (logsumexp,)) and is not
+    differentiable: the ring attention pairs it with `splash_backward`.
+
+    Built under ensure_compile_time_eval so its mask-info arrays are concrete constants even
+    when first called inside jit (otherwise they would be tracers leaked into the cache).
+    """
+    block_q, block_kv = _block(q_length), _block(kv_length)
+    block_sizes = splash.BlockSizes(
+        block_q=block_q,
+        block_kv=block_kv,
+        block_kv_compute=block_kv,
+        block_q_dkv=block_q,
+        block_kv_dkv=block_kv,
+        block_kv_dkv_compute=block_kv,
+        block_q_dq=block_q,
+        block_kv_dq=block_kv,
+    )
+    mask = splash.MultiHeadMask([splash.FullMask((q_length, kv_length))] * num_heads)
+    with jax.ensure_compile_time_eval():
+        return splash.make_splash_mha(
+            mask,
+            block_sizes=block_sizes,
+            head_shards=1,
+            q_seq_shards=1,
+            save_residuals=save_residuals,
+            interpret=interpret,
+        )
+
+
+def splash_backward(kernel, q, k, v, segment_ids, out, logsumexp, d_out):
+    """(dq, dk, dv) of one example's splash attention (heads first: q (N, L, K)) against a given
+    output and log-sum-exp, which may be a larger attention's: the ring attention passes the
+    global ones, so every key block's gradient is its share of the whole softmax.
+
+    Upstream splash cannot differentiate a kernel that saves residuals, so this calls its
+    backward kernels directly (a private function: jax is pinned, and the CPU tests run it
+    interpreted on every change).
+    """
+    options = kernel.kwargs
+    residuals = (
+        q,
+        k,
+        v,
+        segment_ids,
+        None,  # attention sinks: none
+        out,
+        logsumexp,
+        kernel.dq_mask_info,
+        kernel.dkv_mask_info,
+    )
+    grads = splash_attention_kernel._splash_attention_bwd(
+        False,  # save_residuals
+        options["mask_value"],
+        options["is_mqa"],
+        options["block_sizes"],
+        options["residual_checkpoint_name"],
+        options["mask_function"],
+        options["attn_logits_soft_cap"],
+        options["interpret"],
+        residuals,
+        d_out,
+    )
+    return grads[3:6]  # dq, dk, dv
+
+
+def pad_to_lanes(x: jnp.ndarray, axis: int, fill) -> jnp.ndarray:
+    pad = -x.shape[axis] % LANES
+    widths = [(0, 0)] * x.ndim
+    widths[axis] = (0, pad)
+    return jnp.pad(x, widths, constant_values=fill)
+
+
+def queries_with_a_key(q_ids: jnp.ndarray, kv_ids: jnp.ndarray) -> jnp.ndarray:
+    """bool (B, L): some key shares the query's id, found by binary search, never a (L, M) mask."""
+    kv_sorted = jnp.sort(kv_ids, axis=-1)  # (B, M)
+    index = jax.vmap(jnp.searchsorted)(kv_sorted, q_ids)  # (B, L)
+    index = jnp.minimum(index, kv_ids.shape[-1] - 1)
+    return jnp.take_along_axis(kv_sorted, index, axis=-1) == q_ids  # (B, L)
