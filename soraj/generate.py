@@ -174,6 +174,12 @@ class Generator:
             return cls(codec, dit, params, text_config, None, classes, time_shift)
         return cls(codec, dit, params, text_config, text_config.host_encoder(), (), time_shift)
 
+    @functools.cached_property
+    def decode(self):
+        """The VAE decoder, jitted once: a jax.jit of the bound method made anew on each call
+        would compile anew each time (2.5 s a window on a 2-core CPU)."""
+        return jax.jit(self.codec.decode)
+
     def text_conditioning(self, prompts) -> dict:
         """single_request_rows' text inputs for one prompt per row, and the null text."""
         text, text_mask = segment_inputs(self.text_encoder, prompts)  # (B, 1, M, E), (B, 1, M)
@@ -213,7 +219,7 @@ class Generator:
         latents = jax.vmap(unpatch)(tokens)  # (B, T', H', W', C)
         if self.sampler.report:
             status("decoding with the VAE")
-        return np.asarray(jax.jit(self.codec.decode)(self.codec.params, latents))
+        return np.asarray(self.decode(self.codec.params, latents))
 
     def sample_window(self, prompt: str, plan, seed=0, steps=30, guidance=4.0, visual_guidance=1.0):
         """One prompting-mode window (soraj.prompting.WindowPlan): (latents (T', H', W', C),
@@ -253,7 +259,7 @@ class Generator:
         latents = patching.unpatchify(tokens[0], grid, patch, latent_shape[3])  # (T', H', W', C)
         if self.sampler.report:
             status("decoding with the VAE")
-        video = np.asarray(jax.jit(self.codec.decode)(self.codec.params, latents[None]))[0]
+        video = np.asarray(self.decode(self.codec.params, latents[None]))[0]
         return np.asarray(latents), video
 
     def generate_many(
@@ -317,7 +323,7 @@ class Generator:
             row_length=row_length,
             max_segments=max_segments,
         )
-        decode = jax.jit(self.codec.decode)
+        decode = self.decode
         videos = []
         for tokens_i, grid, latent in zip(tokens, grids, latents, strict=True):
             z = patching.unpatchify(tokens_i, grid, self.dit.config.patch_size, latent[3])

@@ -2,6 +2,7 @@
 then one or two windows through Generator.sample_window (soraj/prompting.py has the plans)."""
 
 import dataclasses
+import math
 import time
 from pathlib import Path
 
@@ -9,6 +10,7 @@ import jax
 import numpy as np
 
 from soraj.data.video_io import VideoReadError, read_video
+from soraj.long_generation import LongPlan, generate_long, total_frames
 from soraj.prompting import PlanBuilder, bridge_given, default_given_frames, fit_frames
 
 
@@ -22,6 +24,7 @@ class ModeRequest:
     given: int = 0  # --given-frames of an extension
     strength: float = 1.0  # SDEdit
     loop: bool = False
+    seconds: float | None = None  # --seconds: a video longer than the window, by extension
     notes: list = dataclasses.field(default_factory=list)  # what was done to the inputs
     inputs: dict = dataclasses.field(default_factory=dict)  # for the output JSON
 
@@ -42,10 +45,19 @@ def add_mode_arguments(parser) -> None:
         "--given-frames",
         type=int,
         metavar="K",
-        help="frames of --video given to an extension (1 + ft·k; default about half the window)",
+        help="frames given to an extension (--extend, or each window of --seconds): 1 + ft·k; "
+        "default about half the window",
     )
     modes.add_argument("--connect", nargs=2, metavar=("A", "B"), help="a transition from A to B")
     modes.add_argument("--loop", action="store_true", help="a seamless loop (with --image or text)")
+    modes.add_argument(
+        "--seconds",
+        type=float,
+        metavar="S",
+        help="a video of S seconds, longer than the window: the first window from the prompt "
+        "(or --image), each next one a forward extension given the last --given-frames frames "
+        "(default about half the window) of the video so far",
+    )
     modes.add_argument("--edit", metavar="PATH", help="SDEdit this video with the prompt")
     modes.add_argument("--strength", type=float, help="SDEdit strength, 0 < S ≤ 1")
     modes.add_argument(
@@ -102,15 +114,28 @@ def prepare_mode(args, ft: int, latent_frames: int) -> ModeRequest | None:
         raise ValueError(f"{' and '.join(chosen)} cannot be combined; choose one mode")
     if args.loop and chosen and chosen != ["--image"]:
         raise ValueError(f"--loop works from text or from --image, not with {chosen[0]}")
-    if (args.loop or args.extend or args.connect) and frames == 1:
-        raise ValueError("--frames 1 is an image: it cannot be extended, connected or looped")
+    seconds = getattr(args, "seconds", None)
+    if seconds is not None:
+        if not (math.isfinite(seconds) and seconds > 0):
+            raise ValueError(f"--seconds must be a positive number of seconds, got {seconds}")
+        if args.loop or (chosen and chosen != ["--image"]):
+            other = "--loop" if args.loop else chosen[0]
+            raise ValueError(f"--seconds works from text or from --image, not with {other}")
+    if (args.loop or args.extend or args.connect or getattr(args, "seconds", None)) and frames == 1:
+        raise ValueError(
+            "--frames 1 is an image: it cannot be extended, connected, looped or made longer "
+            "with --seconds"
+        )
     if args.visual_guidance < 0:
         raise ValueError(f"--visual-guidance must be ≥ 0, got {args.visual_guidance}")
-    if args.given_frames is not None and not args.extend:
-        raise ValueError("--given-frames is for --extend")
-    if not chosen and not args.loop:
+    if args.given_frames is not None and not (args.extend or seconds is not None):
+        raise ValueError("--given-frames is for --extend and --seconds")
+    if not chosen and not args.loop and seconds is None:
         return None
-    request = ModeRequest("text", loop=args.loop)
+    request = ModeRequest("text", loop=args.loop, seconds=seconds)
+    if seconds is not None:
+        request.given = check_given_frames(args.given_frames, latent_frames, ft, "forward", frames)
+        request.inputs.update(seconds=seconds, given_frames=request.given)
     if args.image:
         request.mode = "image"
         specs = [parse_image_spec(text, frames) for text in args.image]
@@ -124,26 +149,16 @@ def prepare_mode(args, ft: int, latent_frames: int) -> ModeRequest | None:
             if len(image) != 1:
                 raise ValueError(f"--image {path} holds {len(image)} frames; give a still image")
             request.images.append((image[0], frame))
-        request.inputs = {"images": [f"{p}@{f}" for p, f in specs]}
+        request.inputs.update(images=[f"{p}@{f}" for p, f in specs])
     elif args.extend or args.video:
         if not (args.extend and args.video):
             raise ValueError("an extension needs both --video PATH and --extend forward|backward")
         request.mode = f"extend_{args.extend}"
-        forward = args.extend == "forward"
-        given = args.given_frames or default_given_frames(latent_frames, ft, forward)
-        # forward: k + 1 latent frames given from window frame 0; backward: latents 1..k of
-        # the video end the window. Either way one latent frame at least is generated.
-        low, high = (0, latent_frames - 2) if forward else (1, latent_frames - 1)
-        k, off = divmod(given - 1, ft)
-        if given < 1 or off or not low <= k <= high:
-            raise ValueError(
-                f"--given-frames must be 1 + {ft}·k with k from {low} to {high} for a "
-                f"{args.extend} extension in a window of {frames} frames, got {given}"
-            )
+        given = check_given_frames(args.given_frames, latent_frames, ft, args.extend, frames)
         video = _read(args.video, "--video", height, width, request)
         if len(video) < given:
             raise ValueError(f"--video has {len(video)} frames, fewer than --given-frames {given}")
-        end = "last" if forward else "first"
+        end = "last" if args.extend == "forward" else "first"
         request.notes.append(f"--video: its {end} {given} frames are given to the window")
         request.videos, request.given = [video], given
         request.inputs = {"video": args.video, "extend": args.extend, "given_frames": given}
@@ -176,6 +191,22 @@ def prepare_mode(args, ft: int, latent_frames: int) -> ModeRequest | None:
     return request
 
 
+def check_given_frames(given, latent_frames: int, ft: int, direction: str, frames: int) -> int:
+    """--given-frames (None: the default) of a forward or backward extension, checked."""
+    forward = direction == "forward"
+    given = given or default_given_frames(latent_frames, ft, forward)
+    # forward: k + 1 latent frames given from window frame 0; backward: latents 1..k of the
+    # video end the window. Either way one latent frame at least is generated.
+    low, high = (0, latent_frames - 2) if forward else (1, latent_frames - 1)
+    k, off = divmod(given - 1, ft)
+    if given < 1 or off or not low <= k <= high:
+        raise ValueError(
+            f"--given-frames must be 1 + {ft}·k with k from {low} to {high} for a "
+            f"{direction} extension in a window of {frames} frames, got {given}"
+        )
+    return given
+
+
 def check_bridge_window(latent_frames: int, ft: int, flag: str) -> None:
     """A bridge gives n latent frames at each end and generates one at least between."""
     n = max(1, latent_frames // 4)
@@ -186,10 +217,10 @@ def check_bridge_window(latent_frames: int, ft: int, flag: str) -> None:
         )
 
 
-def run_mode(generator, request: ModeRequest, prompt, shape, seed, steps, guidance, visual):
-    """The output video (uint8 (T, H, W, 3)) of a (frames, height, width) window and what the
-    JSON records: the mode, its inputs, and the largest difference between the given and the
-    sampled latents (0: exact)."""
+def run_mode(generator, request: ModeRequest, prompt, shape, seed, steps, guidance, visual, fps):
+    """The output video (uint8 (T, H, W, 3)) of a (frames, height, width) window (or of
+    --seconds at fps, window after window) and what the JSON records: the mode, its inputs,
+    and the largest difference between the given and the sampled latents (0: exact)."""
     codec = generator.codec
     encode = jax.jit(codec.encode)
     frames = shape[0]
@@ -212,6 +243,27 @@ def run_mode(generator, request: ModeRequest, prompt, shape, seed, steps, guidan
         plan = builder.edit(request.videos[0], request.strength)
     else:
         plan = builder.text()
+    if request.seconds is not None:
+        long_plan = LongPlan(total_frames(request.seconds, fps), frames, request.given)
+
+        def sample(window_plan, window_seed):
+            return generator.sample_window(
+                prompt, window_plan, window_seed, steps, guidance, visual
+            )
+
+        video, given_error = generate_long(sample, builder, plan, long_plan, seed)
+        info = {
+            "mode": request.mode,
+            "inputs": request.inputs,
+            "given_latent_max_error": given_error,
+            "long": {
+                "frames": long_plan.total_frames,
+                "fps": fps,
+                "windows": long_plan.num_windows,
+                "seams": long_plan.seams,
+            },
+        }
+        return video, info
     latents, window = generator.sample_window(prompt, plan, seed, steps, guidance, visual)
     given_error = float(np.abs(latents - plan.reference)[plan.level == 0].max(initial=0.0))
     video = plan.assemble(window)
@@ -244,9 +296,13 @@ def mode_to_files(generator, request: ModeRequest, prompt: str, args, settings: 
         args.steps,
         args.guidance,
         args.visual_guidance,
+        fps,
     )
     seconds = time.perf_counter() - start
-    name = f"{request.mode}{'_loop' if request.loop else ''}_{slug(prompt)}_seed{args.seed}"
+    suffix = "_loop" if request.loop else ""
+    if request.seconds is not None:
+        suffix = f"_{request.seconds:g}s"
+    name = f"{request.mode}{suffix}_{slug(prompt)}_seed{args.seed}"
     record = {**settings, **info, "input_notes": request.notes, "seconds": seconds}
     record.update(generator.sampler.timings)
     return video, write_video_files(Path(args.out), name, video, record, fps), seconds

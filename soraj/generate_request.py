@@ -12,6 +12,7 @@ import numpy as np
 
 from soraj import exports
 from soraj.data.shapes import FPS as SHAPES_FPS
+from soraj.long_generation import total_frames
 from soraj.sampling_progress import status
 
 
@@ -44,6 +45,7 @@ class GenerateRequest:
     edit: str | None = None
     strength: float | None = None
     visual_guidance: float = 1.0
+    seconds: float | None = None
 
     @classmethod
     def from_args(cls, args) -> "GenerateRequest":
@@ -142,6 +144,13 @@ def check_request(request: GenerateRequest) -> CheckedRequest:
     else:
         check_class_request(request, mode, stored.get("classes", []))
     fps, fps_note = output_fps(request.fps, stored, bundle / "dit")
+    if mode is not None and mode.seconds is not None:
+        frames = total_frames(mode.seconds, fps)
+        if frames < request.frames:
+            raise ValueError(
+                f"--seconds {mode.seconds:g} at {fps:g} fps is {frames} frames, fewer than one "
+                f"window of --frames {request.frames}; for a clip within one window use --frames"
+            )
     # Last, as it may run a model or call a server; a class name is not text to expand.
     if text_model:
         expansion = expand_for_generation(request)

@@ -14,6 +14,7 @@ from soraj.data.video_io import write_mp4
 from soraj.generate import Generator
 from soraj.generate_modes import prepare_mode, run_mode
 from soraj.generate_request import GenerateRequest, check_request
+from soraj.long_generation import LongPlan, generate_long
 from soraj.prompting import PlanBuilder, fit_frames, latent_of_pixel
 
 CHECKPOINT = "experiments/shapes/checkpoint"
@@ -143,7 +144,13 @@ def _check(argv):
         (["--image", "{image}", "--connect", "{video}", "{video}"], "cannot be combined"),
         (["--image", "{image}@9"], "FRAME must be in \\[0, 8\\] or 'last'"),
         (["--video", "{video}"], "needs both --video PATH and --extend"),
-        (["--given-frames", "5"], "--given-frames is for --extend"),
+        (["--given-frames", "5"], "--given-frames is for --extend and --seconds"),
+        (["--seconds", "0"], "--seconds must be a positive number of seconds, got 0.0"),
+        (["--seconds", "nan"], "--seconds must be a positive number"),
+        (["--seconds", "1"], "--seconds 1 at 8 fps is 8 frames, fewer than one window of"),
+        (["--seconds", "3", "--loop"], "--seconds works from text or from --image, not with"),
+        (["--seconds", "3", "--edit", "{video}", "--strength", "0.5"], "not with --edit"),
+        (["--seconds", "3", "--given-frames", "9"], "k from 0 to 1 for a forward extension"),
     ],
 )
 def test_impossible_requests_are_refused_by_name(inputs, argv, message):
@@ -208,12 +215,43 @@ def generator():
         (["--connect", "{video}", "{video}"], 8 + 9 + 4),
         (["--loop"], 3 + 9),
         (["--edit", "{video}", "--strength", "0.6"], 9),
+        # 3 s at the Shapes 8 fps: 24 frames, a window of 9 then four extensions of 4 new
+        # frames after 5 given (the last trimmed to fit).
+        (["--seconds", "3"], 24),
+        (["--seconds", "3", "--image", "{image}"], 24),
     ],
 )
 def test_every_mode_runs_and_keeps_its_given_latents_exactly(generator, inputs, argv, frames_out):
     request = _check([a.format(**inputs) for a in argv])
     visual = float(argv[argv.index("--visual-guidance") + 1]) if "--visual-guidance" in argv else 1
-    video, info = run_mode(generator, request, PROMPT, (9, 32, 32), 0, 3, 4.0, visual)
+    video, info = run_mode(generator, request, PROMPT, (9, 32, 32), 0, 3, 4.0, visual, 8.0)
     assert video.shape == (frames_out, 32, 32, 3) and video.dtype == np.uint8
     assert info["given_latent_max_error"] == 0.0
     assert info["mode"] == request.mode
+
+
+def test_long_video_keeps_each_window_and_adds_only_its_new_frames():
+    """generate_long with a stand-in sampler whose window i is filled with i: 24 frames from
+    windows of 9 with 5 given are window 0's 9 frames, then 4 new frames of windows 1 to 3 and
+    the first 3 of window 4 (hand-counted)."""
+    shape = (9, 2, 2, 3)
+
+    class Builder:
+        given_tails = []
+
+        def extend_forward(self, video, given):
+            self.given_tails.append(video.copy())
+            return PlanBuilder(lambda clip: np.zeros((3, 1, 1, 1)), (3, 1, 1, 1), 4, 9).text()
+
+    def sample(plan, seed):
+        return plan.reference, np.full(shape, seed, np.uint8)
+
+    first = PlanBuilder(lambda clip: np.zeros((3, 1, 1, 1)), (3, 1, 1, 1), 4, 9).text()
+    plan = LongPlan(total_frames=24, window=9, given=5)
+    builder = Builder()
+    video, error = generate_long(sample, builder, first, plan, seed=0)
+    want = [0] * 9 + [1] * 4 + [2] * 4 + [3] * 4 + [4] * 3
+    assert video[:, 0, 0, 0].tolist() == want and error == 0.0
+    assert plan.num_windows == 5 and plan.seams == [9, 13, 17, 21]
+    # Each extension is given the last 5 frames of the video so far.
+    assert [t[:, 0, 0, 0].tolist() for t in builder.given_tails[:2]] == [[0] * 5, [0, 1, 1, 1, 1]]

@@ -35,7 +35,8 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from soraj.data.shapes import STILL, clip_scene_tracks, dense_caption, render_tracks
+from soraj.data.shapes import FPS, STILL, clip_scene_tracks, dense_caption, render_tracks
+from soraj.eval.continuity import motion_ratio, seam_jump
 from soraj.eval.metrics import psnr
 from soraj.eval.shapes_probe import PALETTE_NAMES, label_pixels, score_video
 from soraj.generate import Generator
@@ -61,24 +62,6 @@ def probe_clips(count: int, seed: int = 7):
 
 
 # ---- Metrics -----------------------------------------------------------------------------
-
-
-def _unit(video):
-    return np.asarray(video, np.float32) / 255.0
-
-
-def frame_changes(video) -> np.ndarray:
-    """Mean absolute change between consecutive frames, (T − 1,)."""
-    v = _unit(video)
-    return np.abs(np.diff(v, axis=0)).mean(axis=(1, 2, 3))
-
-
-def seam_jump(video, seams) -> float:
-    """Mean change across the seams (frame s − 1 → s) over the mean change elsewhere."""
-    changes = frame_changes(video)
-    at = [s - 1 for s in seams]
-    rest = np.delete(changes, at)
-    return float(changes[at].mean() / max(rest.mean(), 1e-6))
 
 
 def centroids(video, colour: str) -> np.ndarray:
@@ -108,10 +91,6 @@ def direction_and_speed(video, truth, colour) -> tuple[float, float]:
     return cosine, speed
 
 
-def motion_ratio(video, truth) -> float:
-    return float(frame_changes(video).mean() / max(frame_changes(truth).mean(), 1e-6))
-
-
 # ---- One clip ----------------------------------------------------------------------------
 
 
@@ -134,6 +113,7 @@ class Prober:
             self.steps,
             self.guidance,
             self.visual,
+            FPS,
         )
         assert info["given_latent_max_error"] == 0.0, info
         return video
