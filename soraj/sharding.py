@@ -81,6 +81,12 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec(("data", "fsdp")))
 
 
+def tokens_sharding(mesh: Mesh) -> NamedSharding:
+    """(B, L, ...) arrays with the batch over data × fsdp and the tokens over context: one
+    long sequence's inputs, each device holding only its own tokens."""
+    return NamedSharding(mesh, PartitionSpec(("data", "fsdp"), "context"))
+
+
 def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec())
 

@@ -28,8 +28,6 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
-from jax.sharding import NamedSharding  # noqa: E402
-from jax.sharding import PartitionSpec as P  # noqa: E402
 
 from soraj import sharding  # noqa: E402
 from soraj.models.context_attention import CONTEXT_STRATEGIES  # noqa: E402
@@ -50,7 +48,7 @@ def step_fn(strategy: str, mesh, weights):
             )
         return jnp.sum(out * weights)
 
-    tokens = NamedSharding(mesh, P(None, "context"))
+    tokens = sharding.tokens_sharding(mesh)
     return jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2)), in_shardings=(tokens,) * 4)
 
 
