@@ -341,3 +341,23 @@ def test_pixel_patch_counts_in_the_spatial_factor_and_keeps_causality():
             channel_multipliers=(1,) * 4,
             temporal_downsample=(True, True, False),
         )
+
+
+def test_frame_wise_vae_codes_each_frame_as_a_clip_of_its_own():
+    """temporal_kernel 1 at temporal factor 1: the latents of a clip are the latents of each
+    of its frames encoded alone, and so are the decoded frames."""
+    cfg = VAE_PRESETS["p4-frames"]
+    assert (cfg.temporal_factor, cfg.spatial_factor, cfg.temporal_kernel) == (1, 4, 1)
+    video = _video(5, 4, size=16)
+    params = VideoVAE(cfg).init(_key(0), video)
+    mean, _ = _encode(cfg, params, video)
+    assert mean.shape == (1, 4, 4, 4, 8)
+    decoded = _decode(cfg, params, mean)
+    for frame in range(4):
+        alone, _ = _encode(cfg, params, video[:, frame : frame + 1])
+        np.testing.assert_allclose(mean[:, frame : frame + 1], alone, atol=1e-5)
+        np.testing.assert_allclose(
+            decoded[:, frame : frame + 1], _decode(cfg, params, alone), atol=1e-5
+        )
+    with pytest.raises(ValueError, match=r"temporal_kernel must be one of \(1, 3\), got 2"):
+        VAEConfig(temporal_kernel=2)

@@ -94,13 +94,15 @@ class CausalConv3d(nn.Module):
 class ResBlock(nn.Module):
     features: int
     dtype: jnp.dtype = jnp.float32
+    temporal_kernel: int = 3
 
     @nn.compact
     def __call__(self, x):  # (B, T, H, W, F_in)
+        kernel = (self.temporal_kernel, 3, 3)
         h = nn.silu(FrameGroupNorm()(x))
-        h = CausalConv3d(self.features, dtype=self.dtype)(h)
+        h = CausalConv3d(self.features, kernel, dtype=self.dtype)(h)
         h = nn.silu(FrameGroupNorm()(h))
-        h = CausalConv3d(self.features, dtype=self.dtype)(h)  # (B, T, H, W, F)
+        h = CausalConv3d(self.features, kernel, dtype=self.dtype)(h)  # (B, T, H, W, F)
         if x.shape[-1] != self.features:
             x = CausalConv3d(self.features, kernel_size=(1, 1, 1), dtype=self.dtype)(x)
         return x + h  # (B, T, H, W, F)
@@ -132,11 +134,13 @@ class Downsample(nn.Module):
     halve_time: bool
     halve_space: bool
     dtype: jnp.dtype = jnp.float32
+    temporal_kernel: int = 3  # used when time is not halved
 
     @nn.compact
     def __call__(self, x):  # (B, 1+2m, H, W, F)
         st, ss = (2 if self.halve_time else 1), (2 if self.halve_space else 1)
-        return CausalConv3d(self.features, strides=(st, ss, ss), dtype=self.dtype)(x)
+        kernel = (3 if self.halve_time else self.temporal_kernel, 3, 3)
+        return CausalConv3d(self.features, kernel, strides=(st, ss, ss), dtype=self.dtype)(x)
 
 
 class Upsample(nn.Module):
@@ -146,6 +150,7 @@ class Upsample(nn.Module):
     double_time: bool
     double_space: bool
     dtype: jnp.dtype = jnp.float32
+    temporal_kernel: int = 3  # used when time is not doubled
 
     @nn.compact
     def __call__(self, x):  # (B, 1+m, H, W, F)
@@ -159,14 +164,15 @@ class Upsample(nn.Module):
         if self.double_space:
             x = jnp.repeat(jnp.repeat(x, 2, axis=2), 2, axis=3)  # (B, T, 2H, 2W, F)
         # The causal conv after the repeat keeps output frame k on latent frames ≤ ceil(k/2).
-        return CausalConv3d(self.features, dtype=self.dtype)(x)
+        kernel = (3 if self.double_time else self.temporal_kernel, 3, 3)
+        return CausalConv3d(self.features, kernel, dtype=self.dtype)(x)
 
 
-def _mid_block(x, features: int, attention: bool, dtype):
-    x = ResBlock(features, dtype=dtype)(x)
+def _mid_block(x, features: int, attention: bool, dtype, temporal_kernel: int):
+    x = ResBlock(features, dtype=dtype, temporal_kernel=temporal_kernel)(x)
     if attention:
         x = FrameSelfAttention(dtype=dtype)(x)
-    return ResBlock(features, dtype=dtype)(x)
+    return ResBlock(features, dtype=dtype, temporal_kernel=temporal_kernel)(x)
 
 
 # ---- Pixel patches -----------------------------------------------------------------------
@@ -195,21 +201,24 @@ class Encoder(nn.Module):
         cfg = self.config
         dtype = jnp.dtype(cfg.dtype)
         widths = [cfg.base_channels * m for m in cfg.channel_multipliers]
+        kt, kernel = cfg.temporal_kernel, (cfg.temporal_kernel, 3, 3)
         x = pixels_to_patches(video.astype(dtype), cfg.pixel_patch)  # (B, T_px, H', W', 3p²)
-        x = CausalConv3d(widths[0], dtype=dtype)(x)
+        x = CausalConv3d(widths[0], kernel, dtype=dtype)(x)
         for level, width in enumerate(widths):
             for _ in range(cfg.num_res_blocks):
-                x = ResBlock(width, dtype=dtype)(x)
+                x = ResBlock(width, dtype=dtype, temporal_kernel=kt)(x)
             if level < len(widths) - 1:
                 x = Downsample(
                     width,
                     halve_time=cfg.temporal_downsample[level],
                     halve_space=cfg.spatial_downsample[level],
                     dtype=dtype,
+                    temporal_kernel=kt,
                 )(x)
-        x = _mid_block(x, widths[-1], cfg.mid_attention, dtype)  # (B, T, H, W, F)
+        x = _mid_block(x, widths[-1], cfg.mid_attention, dtype, kt)  # (B, T, H, W, F)
         x = nn.silu(FrameGroupNorm()(x))
-        moments = CausalConv3d(2 * cfg.latent_channels, dtype=dtype)(x).astype(jnp.float32)
+        moments = CausalConv3d(2 * cfg.latent_channels, kernel, dtype=dtype)(x)
+        moments = moments.astype(jnp.float32)
         mean, logvar = jnp.split(moments, 2, axis=-1)  # (B, T, H, W, C) each
         return mean, jnp.clip(logvar, LOGVAR_MIN, LOGVAR_MAX)
 
@@ -222,21 +231,23 @@ class Decoder(nn.Module):
         cfg = self.config
         dtype = jnp.dtype(cfg.dtype)
         widths = [cfg.base_channels * m for m in cfg.channel_multipliers]
-        x = CausalConv3d(widths[-1], dtype=dtype)(latents.astype(dtype))
-        x = _mid_block(x, widths[-1], cfg.mid_attention, dtype)  # (B, T, H, W, F)
+        kt, kernel = cfg.temporal_kernel, (cfg.temporal_kernel, 3, 3)
+        x = CausalConv3d(widths[-1], kernel, dtype=dtype)(latents.astype(dtype))
+        x = _mid_block(x, widths[-1], cfg.mid_attention, dtype, kt)  # (B, T, H, W, F)
         for level in reversed(range(len(widths))):
             for _ in range(cfg.num_res_blocks):
-                x = ResBlock(widths[level], dtype=dtype)(x)
+                x = ResBlock(widths[level], dtype=dtype, temporal_kernel=kt)(x)
             if level > 0:
                 x = Upsample(
                     widths[level - 1],
                     double_time=cfg.temporal_downsample[level - 1],
                     double_space=cfg.spatial_downsample[level - 1],
                     dtype=dtype,
+                    temporal_kernel=kt,
                 )(x)
         x = nn.silu(FrameGroupNorm()(x))
         # No output activation: the loss sees raw values; display code clips to [-1, 1].
-        x = CausalConv3d(3 * cfg.pixel_patch**2, dtype=dtype)(x)  # (B, T_px, H', W', 3p²)
+        x = CausalConv3d(3 * cfg.pixel_patch**2, kernel, dtype=dtype)(x)  # (B, T_px, H', W', 3p²)
         return patches_to_pixels(x, cfg.pixel_patch).astype(jnp.float32)  # (B, T_px, H·fs, W·fs, 3)
 
 

@@ -10,6 +10,7 @@ ALLOWED_DTYPES = ("float32", "bfloat16", "float16")
 ALLOWED_TEMPORAL_FACTORS = (1, 2, 4, 8)
 ALLOWED_SPATIAL_FACTORS = (4, 8, 16)
 ALLOWED_PIXEL_PATCHES = (1, 2, 4)
+ALLOWED_TEMPORAL_KERNELS = (1, 3)
 LATENT_CHANNEL_RANGE = (4, 64)
 
 
@@ -30,6 +31,11 @@ class VAEConfig:
     # patchify): the full-resolution level, which dominates a conv VAE's cost, runs at 1/p² of
     # the pixels with 3p² input channels, and loses nothing (the rearrangement is invertible).
     pixel_patch: int = 1
+    # Frames each conv sees (causally) where time is not halved or doubled: 3 mixes a frame
+    # with its two predecessors everywhere; 1 codes every frame on its own except in the
+    # strided convs that merge frames (none at temporal factor 1: a per-frame image VAE, in
+    # which a moving object cannot leave ghosts of its past positions).
+    temporal_kernel: int = 3
 
     def __post_init__(self):
         num_steps = len(self.channel_multipliers) - 1
@@ -47,6 +53,11 @@ class VAEConfig:
             raise ValueError("base_channels, latent_channels and channel_multipliers must be ≥ 1.")
         if self.num_res_blocks < 0:
             raise ValueError(f"num_res_blocks must be ≥ 0, got {self.num_res_blocks}.")
+        if self.temporal_kernel not in ALLOWED_TEMPORAL_KERNELS:
+            raise ValueError(
+                f"temporal_kernel must be one of {ALLOWED_TEMPORAL_KERNELS}, "
+                f"got {self.temporal_kernel!r}."
+            )
         if self.pixel_patch not in ALLOWED_PIXEL_PATCHES:
             raise ValueError(
                 f"pixel_patch must be one of {ALLOWED_PIXEL_PATCHES}, got {self.pixel_patch!r}."
@@ -130,14 +141,18 @@ VAE_PRESETS = {
         spatial_downsample=(False,),
         pixel_patch=4,
     ),
-    "p4-b32": VAEConfig(
+    # Every frame coded on its own (no temporal compression, no conv across frames): a moving
+    # object cannot smear into its past positions, the ghosting that the 3D VAEs above show
+    # (experiments/shapes/NOTES.md). Time is left to the DiT's temporal patch.
+    "p4-frames": VAEConfig(
         base_channels=32,
         channel_multipliers=(1, 2),
         num_res_blocks=1,
         latent_channels=8,
-        temporal_downsample=(True,),
+        temporal_downsample=(False,),
         spatial_downsample=(False,),
         pixel_patch=4,
+        temporal_kernel=1,
     ),
     "small": VAEConfig(
         base_channels=64,
