@@ -37,6 +37,19 @@ _PRESETS = {
         max_segments=4,
         token_budget=80,
     ),
+    # The same clips through a per-frame 64×64 VAE (vae.py:tiny64, --config.preset=p4-frames:
+    # 9 latent frames of 16×16×8, no temporal compression): 144 tokens a clip.
+    "tiny64-frames": dict(
+        model="tiny",
+        patch_size=(1, 4, 4),
+        num_frames=9,
+        height=64,
+        width=64,
+        batch_size=8,
+        row_length=576,
+        max_segments=4,
+        token_budget=144,
+    ),
     "S/2": dict(
         model="S/2",
         num_frames=17,
