@@ -6,6 +6,7 @@ against its hop count, and the sharded DiT train step with context 2, 4 and 8 ag
 one-device step. Exits non-zero on any failure; prints one line per check.
 """
 
+import functools
 import re
 import sys
 import time
@@ -26,6 +27,7 @@ from soraj.models.context_attention import (
     context_parallel_attention,
     ulysses_group,
 )
+from soraj.models.dit import DiT, DiTConfig
 from soraj.models.layers import attention
 
 # float32 attention split into blocks merges in another order than the dense softmax.
@@ -168,6 +170,87 @@ def check_splash():
             strategy, "splash", make_mesh(**sizes), q, k, v, ids, d_out, f"splash {strategy}"
         )
         print(f"{strategy:10s} splash {sizes}: max error {errors} ({time.time() - start:.1f} s)")
+
+
+def check_cross_attention_splits_queries():
+    """Cross-attention to text every device holds whole ("queries"): each device attends its
+    own tokens, for the xla and splash backends, equal to dense attention on one device."""
+    rng = np.random.default_rng(5)
+    q = rng.normal(size=(2, 64, 4, 8)).astype(np.float32)
+    k, v = (rng.normal(size=(2, 12, 4, 8)).astype(np.float32) for _ in range(2))
+    q_ids = packed_ids(rng, 2, 64)
+    kv_ids = np.repeat(np.arange(1, 5, dtype=np.int32), 3)[None].repeat(2, 0)
+    kv_mask = rng.random((2, 12)) > 0.2
+    mesh = make_mesh(context=8)
+    want = attention(q, k, v, q_segment_ids=q_ids, kv_segment_ids=kv_ids, kv_mask=kv_mask)
+    for backend in ("xla", "splash"):
+
+        def cross(q, backend=backend):
+            return attention(
+                q,
+                k,
+                v,
+                q_segment_ids=q_ids,
+                kv_segment_ids=kv_ids,
+                kv_mask=kv_mask,
+                backend=backend,
+                context_parallel="queries",
+            )
+
+        traced, _ = on_mesh(mesh, cross)
+        step = jax.jit(traced, in_shardings=sharding.tokens_sharding(mesh))
+        np.testing.assert_allclose(step(q), want, atol=FORWARD_ATOL, err_msg=backend)
+    print("cross-attention: queries split over context, xla and splash equal dense attention")
+
+
+def check_dit_holds_no_whole_row():
+    """A scanned, rematerialised DiT step with splash and the ring on context 8: no float array
+    in the compiled program spans the whole row, only each device's tokens (all-gather and
+    Ulysses hold every token's keys by design; the ring is the strategy that must not). (Before
+    cross-attention ran in shard_map, GSPMD left splash's interpreted loop inside the scanned
+    block unpartitioned and every device held (N, L, 128) arrays of all L tokens.)"""
+    length, mesh = 8 * 256, make_mesh(context=8)
+    rng = np.random.default_rng(6)
+    inputs = dict(
+        x_t=rng.normal(size=(1, length, 16)).astype(np.float32),
+        t=np.full((1, length), 0.5, np.float32),
+        coords=np.zeros((1, length, 3), np.int32),
+        segment_ids=np.ones((1, length), np.int32),
+        text=rng.normal(size=(1, 1, 4, 32)).astype(np.float32),
+        text_mask=np.ones((1, 1, 4), bool),
+    )
+    for strategy in ("ring",):
+        config = DiTConfig(
+            width=64,
+            depth=2,
+            num_heads=8,
+            patch_size=(1, 1, 1),
+            latent_channels=16,
+            text_width=32,
+            attention_backend="splash",
+            context_parallel=strategy,
+            scan_blocks=True,
+            remat="full",
+            modulation="per_segment",
+        )
+        dit = DiT(config)
+        params = jax.eval_shape(functools.partial(dit.init, jax.random.key(0), **inputs))
+        params = params["params"]
+
+        def loss(params, inputs, dit=dit):
+            return jnp.mean(jnp.square(dit.apply({"params": params}, **inputs)))
+
+        traced, replicated = on_mesh(mesh, jax.grad(loss))
+        split = {
+            k: replicated if k.startswith("text") else sharding.tokens_sharding(mesh)
+            for k in inputs
+        }
+        every_param = jax.tree.map(lambda _, r=replicated: r, params)
+        step = jax.jit(traced, in_shardings=(every_param, split))
+        text = step.lower(params, inputs).compile().as_text()
+        whole = re.findall(rf"(?:f32|bf16)\[[0-9,]*\b{length}\b[0-9,]*\]", text)
+        assert not whole, f"{strategy}: arrays of the whole row {sorted(set(whole))[:4]}"
+    print(f"DiT step, splash, context 8: no float array of the whole {length}-token row")
 
 
 def check_hop_skipping_is_exact():
@@ -314,6 +397,8 @@ def main():
         check_strategies_match_dense,
         check_usp_groups,
         check_splash,
+        check_cross_attention_splits_queries,
+        check_dit_holds_no_whole_row,
         check_hop_skipping_is_exact,
         check_collectives,
         check_ring_memory,

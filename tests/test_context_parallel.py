@@ -135,7 +135,9 @@ def test_one_device_ignores_the_strategy():
 
 def test_bad_strategies_are_refused_with_the_allowed_values():
     q, k, v, ids, kv_ids, _ = _case(seed=6)
-    with pytest.raises(ValueError, match="'rings'; allowed: all_gather, ulysses, ring, usp"):
+    with pytest.raises(
+        ValueError, match="'rings'; allowed: all_gather, ulysses, ring, usp, queries"
+    ):
         attention(q, q, q, q_segment_ids=ids, kv_segment_ids=ids, context_parallel="rings")
     with pytest.raises(ValueError, match="for self-attention"):
         attention(q, k, v, q_segment_ids=ids, kv_segment_ids=kv_ids, context_parallel="ring")

@@ -374,7 +374,7 @@ def ulysses_group(axis_size: int, local_heads: int) -> int:
     return max(g for g in range(1, axis_size + 1) if axis_size % g == 0 and local_heads % g == 0)
 
 
-# ---- Entry point --------------------------------------------------------------------------
+# ---- Entry points -------------------------------------------------------------------------
 
 
 def _specs(batch: int, heads: int) -> tuple[PartitionSpec, PartitionSpec]:
@@ -449,4 +449,29 @@ def context_parallel_attention(
         out_specs=qkv_spec,
         check_vma=False,  # splash's pallas_call carries no varying-axis types
     )(q, k, v, segment_ids)
+    return out[:, :length]  # (B, L, N, K)
+
+
+def queries_parallel_attention(
+    q, k, v, q_segment_ids, kv_segment_ids, kv_mask, *, axis: ContextAxis, local_attention
+):
+    """Attention of queries split over `axis` to keys every device holds whole (the text of
+    cross-attention): no exchange at all. In shard_map, so a kernel GSPMD cannot partition
+    (splash's pallas_call) runs on each device's own queries instead of on the whole row."""
+    batch, length, heads, _ = q.shape
+    qkv_spec, ids_spec = _specs(batch, heads)
+    kv_spec = PartitionSpec(qkv_spec[0], None, qkv_spec[2], None)
+    kv_ids_spec = PartitionSpec(ids_spec[0], None)
+    pad = -length % axis.size
+    if pad:
+        q = jnp.pad(q, [(0, 0), (0, pad), (0, 0), (0, 0)])
+        q_segment_ids = jnp.pad(q_segment_ids, [(0, 0), (0, pad)])  # id 0: padding
+    if kv_mask is None:
+        kv_mask = jnp.ones(kv_segment_ids.shape, bool)
+    out = jax.shard_map(
+        local_attention,
+        in_specs=(qkv_spec, kv_spec, kv_spec, ids_spec, kv_ids_spec, kv_ids_spec),
+        out_specs=qkv_spec,
+        check_vma=False,
+    )(q, k, v, q_segment_ids, kv_segment_ids, kv_mask)
     return out[:, :length]  # (B, L, N, K)

@@ -135,9 +135,10 @@ class DiTBlock(nn.Module):
 
         if cfg.conditioning == "text":
             # Token of segment s sees only text[b, s-1]: the flattened text carries segment ids.
-            h = MultiHeadAttention(**attn, dtype=dtype, zero_out=True, name="cross_attn")(
-                layer_norm(x), text_states, segment_ids, text_segment_ids, kv_mask=text_mask
-            )
+            # Under context parallelism each device attends its own tokens to the whole text.
+            h = MultiHeadAttention(
+                **attn, dtype=dtype, zero_out=True, context_parallel="queries", name="cross_attn"
+            )(layer_norm(x), text_states, segment_ids, text_segment_ids, kv_mask=text_mask)
             x = x + h  # (B, L, D)
 
         h = modulate(layer_norm(x), shift_mlp, scale_mlp)

@@ -11,6 +11,7 @@ from soraj.models.context_attention import (
     CONTEXT_STRATEGIES,
     context_axis,
     context_parallel_attention,
+    queries_parallel_attention,
 )
 from soraj.models.splash_kernel import (
     SegmentIds,
@@ -233,9 +234,11 @@ def attention(
     token budget of W). "xla" and "cudnn" then attend within 3W-key windows, not the whole
     row: the same result for far less work when L ≫ W. Splash skips masked blocks itself.
 
-    context_parallel (self-attention only): when the logical "tokens" axis is split over more
-    than one device, the strategy of soraj/models/context_attention.py that exchanges keys
-    ("all_gather", "ulysses", "ring" or "usp"); on one device it changes nothing.
+    context_parallel: when the logical "tokens" axis is split over more than one device, the
+    strategy of soraj/models/context_attention.py by which self-attention exchanges keys
+    ("all_gather", "ulysses", "ring" or "usp"), or "queries" for attention to keys every
+    device holds whole (cross-attention to text): each device attends its own queries. On one
+    device it changes nothing.
     """
     if backend not in ATTENTION_BACKENDS:
         raise ValueError(
@@ -246,21 +249,42 @@ def attention(
             f"q must be (B, L, N, K) and k, v (B, M, N, K); got {q.shape}, {k.shape}, {v.shape}"
         )
     if context_parallel is not None:
-        if context_parallel not in CONTEXT_STRATEGIES:
+        if context_parallel not in (*CONTEXT_STRATEGIES, "queries"):
             raise ValueError(
                 f"unknown context-parallel strategy {context_parallel!r}; "
-                f"allowed: {', '.join(CONTEXT_STRATEGIES)}"
+                f"allowed: {', '.join(CONTEXT_STRATEGIES)}, queries"
             )
-        if kv_mask is not None or q.shape[1] != k.shape[1]:
-            raise ValueError("context_parallel is for self-attention (L = M, no kv_mask)")
+        self_attention = context_parallel != "queries"
+        if self_attention and (kv_mask is not None or q.shape[1] != k.shape[1]):
+            raise ValueError(
+                f"context_parallel={context_parallel!r} is for self-attention (L = M, no "
+                "kv_mask); 'queries' is for attention to keys every device holds whole"
+            )
         axis = context_axis()
+
+        def local_attention(q, k, v, q_ids, kv_ids, kv_mask=None):
+            return attention(
+                q,
+                k,
+                v,
+                q_segment_ids=q_ids,
+                kv_segment_ids=kv_ids,
+                kv_mask=kv_mask,
+                backend=backend,
+            )
+
+        if axis is not None and not self_attention:
+            return queries_parallel_attention(
+                q,
+                k,
+                v,
+                q_segment_ids,
+                kv_segment_ids,
+                kv_mask,
+                axis=axis,
+                local_attention=local_attention,
+            )
         if axis is not None:
-
-            def local_attention(q, k, v, q_ids, kv_ids):
-                return attention(
-                    q, k, v, q_segment_ids=q_ids, kv_segment_ids=kv_ids, backend=backend
-                )
-
             return context_parallel_attention(
                 q,
                 k,
