@@ -21,12 +21,16 @@ MESH_AXES = ("data", "fsdp", "tensor", "context")
 # Logical axis → mesh axes, in priority order: flax gives each mesh axis to the first logical
 # axis of an array that claims it, so activations (batch, tokens, embed) put fsdp on the batch
 # and leave their embed axis whole, while weights shard their embed side over fsdp.
-# Weights are split by fsdp on their embedding side and by tensor on the heads / MLP side
-# (Megatron style); `context` splits the token axis of activations (sequence parallelism).
+# Weights are split by fsdp (and context) on their embedding side and by tensor on the heads /
+# MLP side (Megatron style); `context` splits the token axis of activations (sequence
+# parallelism).
 DIT_RULES = (
     ("batch", ("data", "fsdp")),
     ("tokens", "context"),
-    ("embed", "fsdp"),
+    # Weights: over fsdp and context together (ZeRO-3 over the context group, as MaxText and
+    # maxdiffusion do): a long sequence's devices share the model's state as well as its
+    # tokens. Activations keep context for their tokens, which claim it first.
+    ("embed", ("fsdp", "context")),
     ("mlp", "tensor"),
     ("heads", "tensor"),
     ("kv", None),

@@ -32,8 +32,9 @@ RTOL, ATOL = 1e-5, 1e-6
 
 # The mesh axis each logical name must land on, written out here rather than read from
 # sharding.py, so a wrong rule table fails. Names not listed stay whole.
-EXPECTED_DIT_AXES = {"embed": "fsdp", "mlp": "tensor", "heads": "tensor"}
+EXPECTED_DIT_AXES = {"embed": ("fsdp", "context"), "mlp": "tensor", "heads": "tensor"}
 EXPECTED_VAE_AXES = {"conv_out": "fsdp"}
+EMBED = ("fsdp", "context")
 
 
 # ---- A tiny text-conditioned DiT and one packed batch ----
@@ -100,8 +101,12 @@ def expected_spec(names, shape, table, mesh) -> tuple:
     """The test's own reading of the rules: an axis whose length its mesh axis does not
     divide stays whole."""
     axes = [table.get(name) for name in names]
+
+    def size(a):
+        return int(np.prod([mesh.shape[x] for x in ((a,) if isinstance(a, str) else a)]))
+
     return tuple(
-        a if a is None or n % mesh.shape[a] == 0 else None for a, n in zip(axes, shape, strict=True)
+        a if a is None or n % size(a) == 0 else None for a, n in zip(axes, shape, strict=True)
     )
 
 
@@ -135,20 +140,20 @@ def check_named_dit_specs(state):
     """A few params, their Adam moments and the scalars, spelled out against the rule table."""
     block = state.params["dit"]["block_0"]
     named = {
-        "mlp in (embed, mlp)": (block["mlp"]["Dense_0"]["kernel"], P("fsdp", "tensor")),
-        "mlp out (mlp, embed)": (block["mlp"]["Dense_1"]["kernel"], P("tensor", "fsdp")),
-        "query (embed, heads, kv)": (block["self_attn"]["query"]["kernel"], P("fsdp", "tensor")),
+        "mlp in (embed, mlp)": (block["mlp"]["Dense_0"]["kernel"], P(EMBED, "tensor")),
+        "mlp out (mlp, embed)": (block["mlp"]["Dense_1"]["kernel"], P("tensor", EMBED)),
+        "query (embed, heads, kv)": (block["self_attn"]["query"]["kernel"], P(EMBED, "tensor")),
         "attention out (heads, kv, embed)": (
             block["self_attn"]["out"]["kernel"],
-            P("tensor", None, "fsdp"),
+            P("tensor", None, EMBED),
         ),
         "patch_embed (patch, embed)": (
             state.params["dit"]["patch_embed"]["kernel"],
-            P(None, "fsdp"),
+            P(None, EMBED),
         ),
-        "adaLN (embed, modulation)": (state.params["dit"]["adaLN"]["kernel"], P("fsdp")),
+        "adaLN (embed, modulation)": (state.params["dit"]["adaLN"]["kernel"], P(EMBED)),
         "a bias": (state.params["dit"]["adaLN"]["bias"], P()),
-        "adaLN table (modulation_part, embed)": (block["modulation_table"], P(None, "fsdp")),
+        "adaLN table (modulation_part, embed)": (block["modulation_table"], P(None, EMBED)),
         "step": (state.step, P()),
         "rng": (state.rng, P()),
     }
@@ -156,7 +161,7 @@ def check_named_dit_specs(state):
     for path, leaf in moments:
         key = jax.tree_util.keystr(path)
         if key.endswith("['dit']['block_0']['mlp']['Dense_0']['kernel']"):
-            named[f"moment {key}"] = (leaf, P("fsdp", "tensor"))
+            named[f"moment {key}"] = (leaf, P(EMBED, "tensor"))
     assert sum(name.startswith("moment") for name in named) == 2, "mu and nu of the mlp kernel"
     for name, (array, spec) in named.items():
         got = stripped(array.sharding.spec)
@@ -179,8 +184,8 @@ def check_scanned_specs():
     abstract = jax.eval_shape(init_state, jax.random.key(0))
     shardings = sharding.logical_shardings(abstract, mesh, sharding.DIT_RULES)
     blocks = shardings.params["dit"]["blocks"]
-    assert blocks["mlp"]["Dense_0"]["kernel"].spec == P(None, "fsdp", "tensor")
-    assert blocks["self_attn"]["out"]["kernel"].spec == P(None, "tensor", None, "fsdp")
+    assert blocks["mlp"]["Dense_0"]["kernel"].spec == P(None, EMBED, "tensor")
+    assert blocks["self_attn"]["out"]["kernel"].spec == P(None, "tensor", None, EMBED)
     print("scanned blocks on (2, 2, 2): (layers, embed, mlp) → (None, fsdp, tensor)")
 
 
