@@ -1,6 +1,7 @@
-"""The VAE ceiling of the shapes probe, split by motion: ground-truth held-out clips through each
-VAE and back, scored by the probe, separately for clips whose objects all stay still and clips
-with a moving object, with the PSNR of every frame position. A VAE that compresses time has to
+"""The VAE ceiling of the shapes probe, split by motion and by object count: ground-truth
+held-out clips through each VAE and back, scored by the probe, separately for clips whose
+objects all stay still and clips with a moving object, and by the number of objects, with the
+PSNR of every frame position. A VAE that compresses time has to
 place a moving object in each of the frames one latent frame covers; this shows what it loses.
 
     .venv/bin/python experiments/shapes/vae_ceilings.py \\
@@ -42,6 +43,7 @@ def ceiling(vae: str, size: int, clips: int, seed: int) -> dict:
         ]
     )
     fully_right = np.array([s["fully_right"] for s in scores])
+    objects = np.array([len(parse_dense_caption(e["caption"]).objects) for e in examples])
     squared = ((rebuilt.astype(np.float64) - videos.astype(np.float64)) ** 2).mean(
         axis=(0, 2, 3, 4)
     )
@@ -59,6 +61,9 @@ def ceiling(vae: str, size: int, clips: int, seed: int) -> dict:
         "still_clips": int(still.sum()),
         "fully_right_still": float(fully_right[still].mean()),
         "fully_right_moving": float(fully_right[~still].mean()),
+        "fully_right_by_objects": {
+            int(n): float(fully_right[objects == n].mean()) for n in np.unique(objects)
+        },
         "psnr_by_frame": [float(10 * np.log10(255**2 / e)) for e in squared],
     }
 
