@@ -122,9 +122,8 @@ def generate_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="soraj generate", description="prompt → video")
     parser.add_argument("--checkpoint", required=True, help="bundle (dit/ + vae/) or train workdir")
     parser.add_argument("--prompt", required=True)
-    parser.add_argument("--frames", type=int, default=9)
-    parser.add_argument("--height", type=int, default=32)
-    parser.add_argument("--width", type=int, default=32)
+    for flag in ("--frames", "--height", "--width"):
+        parser.add_argument(flag, type=int, help="default: what the model was trained on")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--guidance", type=float, default=4.0)

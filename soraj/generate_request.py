@@ -24,9 +24,10 @@ class GenerateRequest:
 
     prompt: str
     checkpoint: str
-    frames: int = 9
-    height: int = 32
-    width: int = 32
+    # None: the clip size the model was trained on (trained_on in its export), else 9×32×32.
+    frames: int | None = None
+    height: int | None = None
+    width: int | None = None
     seed: int = 0
     steps: int = 30
     guidance: float = 4.0
@@ -94,7 +95,7 @@ def check_flags(request: GenerateRequest) -> None:
         )
     if request.steps < 1:
         raise ValueError(f"--steps must be a positive integer, got {request.steps}")
-    if request.frames < 1:
+    if request.frames is not None and request.frames < 1:
         raise ValueError(
             f"--frames must be a positive integer of the form 1 + ft·k, got {request.frames}"
         )
@@ -133,8 +134,9 @@ def check_request(request: GenerateRequest) -> CheckedRequest:
         raise ValueError(f"--checkpoint {request.checkpoint} does not exist")
     bundle = resolve_bundle(request.checkpoint)
     geometry = BundleGeometry.read(bundle)
-    geometry.check(request.frames, request.height, request.width)
     stored = exports.load_export_config(bundle / "dit", "dit", required=("dit_config",))
+    fill_trained_size(request, stored)
+    geometry.check(request.frames, request.height, request.width)
     latent_frames = (request.frames - 1) // geometry.temporal_factor + 1
     mode = prepare_mode(request, geometry.temporal_factor, latent_frames)
     text_model = stored["dit_config"].get("conditioning", "text") != "class"
@@ -157,6 +159,34 @@ def check_request(request: GenerateRequest) -> CheckedRequest:
     else:
         expansion = Expansion(request.prompt, request.prompt, "none", True, "")
     return CheckedRequest(request, mode, expansion, fps, fps_note)
+
+
+# A bundle that records no clip size was trained on the first Shapes configs' clips.
+FALLBACK_CLIP = {"frames": 9, "height": 32, "width": 32}
+
+
+def trained_clip(stored: dict) -> dict:
+    """{"frames", "height", "width"} of the clips a DiT export was trained on (trained_on's
+    num_frames, height and width; FALLBACK_CLIP where it records none)."""
+    trained_on = stored.get("trained_on", {})
+    if not isinstance(trained_on, dict):
+        return dict(FALLBACK_CLIP)
+    recorded = {
+        "frames": trained_on.get("num_frames"),
+        "height": trained_on.get("height"),
+        "width": trained_on.get("width"),
+    }
+    return {
+        key: value if isinstance(value, int) and value > 0 else FALLBACK_CLIP[key]
+        for key, value in recorded.items()
+    }
+
+
+def fill_trained_size(request: GenerateRequest, stored: dict) -> None:
+    """--frames, --height and --width left out take the model's training clip size."""
+    for key, value in trained_clip(stored).items():
+        if getattr(request, key) is None:
+            setattr(request, key, value)
 
 
 def check_class_request(request: GenerateRequest, mode, class_names) -> None:

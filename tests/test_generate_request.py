@@ -289,3 +289,22 @@ def test_fps_overrides_the_bundles_rate(bundle_at_12_fps, tmp_path):
     cli.main(["generate", *argv, "--out", str(out), "--fps", "20"])
     (mp4,) = out.glob("*.mp4")
     assert mp4_rate(mp4) == 20.0
+
+
+# ---- The clip size ------------------------------------------------------------------------
+
+
+def test_a_left_out_size_is_the_size_the_model_was_trained_on(tmp_path, no_weights):
+    trained = {**TRAINED_ON, "num_frames": 17, "height": 64, "width": 48}
+    dit = {"dit_config": {"patch_size": [1, 2, 2]}, "trained_on": trained}
+    bundle = configs_only_bundle(tmp_path / "b", dit, PATCHED_VAE_FIELDS)
+    checked = check_request(GenerateRequest(prompt=PROMPT, checkpoint=str(bundle)))
+    assert (checked.request.frames, checked.request.height, checked.request.width) == (17, 64, 48)
+    given = GenerateRequest(prompt=PROMPT, checkpoint=str(bundle), height=32, width=32)
+    checked = check_request(given)
+    assert (checked.request.frames, checked.request.height, checked.request.width) == (17, 32, 32)
+
+
+def test_a_bundle_that_records_no_size_falls_back_to_nine_by_32_by_32(text_bundle):
+    checked = check_request(GenerateRequest(prompt=PROMPT, checkpoint=str(text_bundle)))
+    assert (checked.request.frames, checked.request.height, checked.request.width) == (9, 32, 32)

@@ -30,9 +30,8 @@ def evaluate_command(argv: list[str]):
     parser.add_argument("--checkpoint", required=True)
     parser.add_argument("--split", choices=["heldout", "train", "all"], default="heldout")
     parser.add_argument("--num-prompts", type=int, default=50)
-    parser.add_argument("--frames", type=int, default=9)
-    parser.add_argument("--height", type=int, default=32)
-    parser.add_argument("--width", type=int, default=32)
+    for flag in ("--frames", "--height", "--width"):
+        parser.add_argument(flag, type=int, help="default: what the model was trained on")
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--guidance", type=float, default=4.0)
     parser.add_argument("--seed", type=int, default=0)
@@ -40,14 +39,19 @@ def evaluate_command(argv: list[str]):
     args = parser.parse_args(argv)
     if args.num_prompts < 1:
         parser.error(f"--num-prompts must be ≥ 1, got {args.num_prompts}")
-    from soraj.exports import BundleError
+    from soraj.exports import BundleError, load_export_config
     from soraj.generate import BundleGeometry, Generator, resolve_bundle
+    from soraj.generate_request import trained_clip
 
     # The bundle and the clip size are checked before any weights load, as `soraj generate`
     # checks them; a missing or damaged bundle ends in one line, as does damage that only
     # reading the weights finds.
     try:
-        geometry = BundleGeometry.read(resolve_bundle(args.checkpoint))
+        bundle = resolve_bundle(args.checkpoint)
+        geometry = BundleGeometry.read(bundle)
+        for key, value in trained_clip(load_export_config(bundle / "dit", "dit")).items():
+            if getattr(args, key) is None:
+                setattr(args, key, value)
         geometry.check(args.frames, args.height, args.width)
     except ValueError as error:  # a BundleError, or a size the bundle cannot make
         sys.exit(f"soraj evaluate: error: {error}")
