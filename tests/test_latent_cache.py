@@ -257,3 +257,20 @@ def test_cli_never_overwrites(cache_dir):
     with pytest.raises(SystemExit, match="already exists"):
         cli.main(cache_argv(cache_dir))
     assert (cache_dir / "latent_cache.json").read_text() == before
+
+
+def test_the_writer_sizes_its_memory_and_refuses_what_does_not_fit(monkeypatch, tmp_path):
+    from soraj.data import latent_cache_writer as writer
+
+    # 9×16×16×8 float32 latents, 32×384 float32 states and 32 mask bytes, 1024 for the caption.
+    record = writer.estimated_record_bytes([9, 16, 16, 8], {}, (32, 384))
+    assert record == 4 * 9 * 16 * 16 * 8 + 4 * 32 * 384 + 32 + 1024
+    # Native sizes: at most token_budget patches of pt·ph·pw·C floats.
+    native = writer.estimated_record_bytes(
+        [None, None, None, 8], {"token_budget": 96, "patch_size": (1, 2, 2)}, None
+    )
+    assert native == 4 * 96 * 4 * 8 + 1024
+    monkeypatch.setattr(writer, "available_memory_bytes", lambda: 2**30)
+    writer.check_memory_for(2**29, tmp_path / "cache")  # half of what is free: fine
+    with pytest.raises(ValueError, match=r"about 1\.0 GiB.*only 1\.0 GiB are free; cache fewer"):
+        writer.check_memory_for(2**30, tmp_path / "cache")

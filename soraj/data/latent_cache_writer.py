@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow_datasets as tfds
 from etils import epath
+from tensorflow_datasets.core import shuffle as tfds_shuffle
 from tqdm import tqdm
 
 from soraj import checkpoint, exports
@@ -129,6 +130,39 @@ def _encoded_examples(codec, source, batch_size, text_encoder, cut=None):
             yield start + j, example
 
 
+def estimated_record_bytes(latent_shape, description: dict, text_shape) -> int:
+    """Bytes of one record, at most: its float32 latents (the largest clip of a native-size
+    source), text states and mask, and the caption."""
+    if None in latent_shape:  # native sizes: at most token_budget patches of the clip
+        patch = int(np.prod(description["patch_size"]))
+        latent_floats = description["token_budget"] * patch * latent_shape[-1]
+    else:
+        latent_floats = int(np.prod(latent_shape))
+    text_bytes = 0 if text_shape is None else int(np.prod(text_shape)) * 4 + int(text_shape[0])
+    return 4 * latent_floats + text_bytes + 1024
+
+
+def available_memory_bytes() -> int | None:
+    """MemAvailable of /proc/meminfo (None where there is none)."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def check_memory_for(cache_bytes: int, out) -> None:
+    available = available_memory_bytes()
+    if available is not None and cache_bytes > 0.8 * available:
+        raise ValueError(
+            f"the cache {out} would hold about {cache_bytes / 2**30:.1f} GiB, which the writer "
+            f"keeps in memory until it is written, but only {available / 2**30:.1f} GiB are "
+            "free; cache fewer clips (--num-clips) or free memory"
+        )
+
+
 def write_latent_cache(
     out, codec, source, description: dict, batch_size: int, vae_dir, text_encoder=None
 ) -> Path:
@@ -179,13 +213,23 @@ def write_latent_cache(
         shutil.rmtree(staging)  # left by an interrupted run; never a finished cache
     staging.mkdir(parents=True)
     tfds.display_progress_bar(False)  # the encoding bar says all there is
+    record_bytes = estimated_record_bytes(latent_shape, description, text_shape)
+    check_memory_for(record_bytes * len(source), out)
     builder = LatentCacheBuilder(
         features=_features(metadata["latent_shape"], text_shape),
         examples=_encoded_examples(codec, source, batch_size, text_encoder, cut),
         data_dir=str(staging / RECORDS_DIR),
         file_format="array_record",
     )
-    builder.download_and_prepare()
+    # TFDS gathers a split's records in memory and spills past 1 GB to disk buckets through
+    # TensorFlow's file API, which this project does not install: the limit is raised to hold
+    # this cache (checked against the free memory above), and set back afterwards.
+    default_limit = tfds_shuffle.MAX_MEM_BUFFER_SIZE
+    tfds_shuffle.MAX_MEM_BUFFER_SIZE = max(default_limit, int(1.25 * record_bytes * len(source)))
+    try:
+        builder.download_and_prepare()
+    finally:
+        tfds_shuffle.MAX_MEM_BUFFER_SIZE = default_limit
     shutil.rmtree(staging / RECORDS_DIR / "downloads", ignore_errors=True)
     metadata["records"] = str(Path(builder.data_dir).relative_to(staging))
     if text_encoder is not None:
