@@ -33,7 +33,7 @@ nb.cells = [
     code(
         "TRAIN = False\n"
         "VAE_STEPS, DIT_STEPS = 600, 1000\n"
-        "FRAMES, HEIGHT, WIDTH = 9, 32, 32\n"
+        "FRAMES, HEIGHT, WIDTH = 9, 32, 32  # the clips TRAIN = True trains on\n"
         "SAMPLING_STEPS, GUIDANCE = 30, 4.0\n"
         "WORKDIR = 'out/colab'\n"
         "PROMPT = 'A large yellow square moves to the left. A small cyan circle stays still. The background is gray.'",
@@ -67,12 +67,14 @@ nb.cells = [
         "# What `soraj generate` does: every input checked before the weights load, then sampled\n"
         "# and written (mp4, gif, json) at the frame rate the model was trained on.\n"
         "from soraj.generate_request import GenerateRequest, generate\n\n"
-        "request = GenerateRequest(PROMPT, str(checkpoint), frames=FRAMES, height=HEIGHT, width=WIDTH,\n"
-        "                          steps=SAMPLING_STEPS, guidance=GUIDANCE,\n"
-        "                          out=str(Path(WORKDIR) / 'samples'))\n"
+        "# The shipped checkpoint generates at the size it was trained on (frames etc. None).\n"
+        "size = dict(frames=FRAMES, height=HEIGHT, width=WIDTH) if TRAIN else {}\n"
+        "request = GenerateRequest(PROMPT, str(checkpoint), **size, steps=SAMPLING_STEPS,\n"
+        "                          guidance=GUIDANCE, out=str(Path(WORKDIR) / 'samples'))\n"
         "generated = generate(request)\n"
         "video = generated.video\n"
-        "mediapy.show_video(video.repeat(8, axis=1).repeat(8, axis=2), fps=generated.fps, codec='gif')"
+        "zoom = 256 // video.shape[1]\n"
+        "mediapy.show_video(video.repeat(zoom, axis=1).repeat(zoom, axis=2), fps=generated.fps, codec='gif')"
     ),
     md(
         "## Score it with the shapes probe\n\nThe probe finds each object the caption names "

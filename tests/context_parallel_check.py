@@ -32,6 +32,12 @@ from soraj.models.layers import attention
 
 # float32 attention split into blocks merges in another order than the dense softmax.
 FORWARD_ATOL, GRADIENT_ATOL = 1e-5, 1e-4
+# Params after two Adam steps: Adam divides each update by the gradient's running RMS, so a
+# parameter whose gradient is near 0 (the zero-initialised adaLN) turns a float32 rounding
+# difference of the ring's 8-hop merge order into a visible share of its update (1.0e-6 of a
+# 4e-5 update was seen). 1e-5 is 2 % of one full step at this config's learning rate (5e-4):
+# far below what a wrong attention moves (every param, by whole steps).
+PARAM_ATOL = 1e-5
 
 
 def make_mesh(data=1, fsdp=1, tensor=1, context=1):
@@ -383,7 +389,7 @@ def check_train_step():
             state, metrics = jitted(state, sharding.shard_batch(batch, mesh), step_rng)
             losses.append(float(metrics["loss"]))
         np.testing.assert_allclose(losses, reference_losses, rtol=1e-5, err_msg=strategy)
-        assert_trees_close(state, reference, f"{strategy} {sizes}")
+        assert_trees_close(state, reference, f"{strategy} {sizes}", atol=PARAM_ATOL)
         print(f"train step, {strategy} on {sizes}: losses {losses} ({time.time() - start:.1f} s)")
 
 

@@ -168,13 +168,13 @@ def check_named_dit_specs(state):
         assert got == stripped(spec), f"{name}: {got}, want {spec}"
 
 
-def assert_trees_close(state, reference, where):
+def assert_trees_close(state, reference, where, atol=ATOL):
     """Params, moments, EMA and step of two train states agree to float32 reduction order."""
     state, reference = jax.tree.map(np.asarray, (state.replace(rng=0), reference.replace(rng=0)))
     paths = jax.tree_util.tree_flatten_with_path(reference)[0]
     for (path, want), got in zip(paths, jax.tree.leaves(state), strict=True):
         name = f"{where} {jax.tree_util.keystr(path)}"
-        np.testing.assert_allclose(got, want, rtol=RTOL, atol=ATOL, err_msg=name)
+        np.testing.assert_allclose(got, want, rtol=RTOL, atol=atol, err_msg=name)
 
 
 def check_scanned_specs():

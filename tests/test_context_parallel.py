@@ -3,15 +3,13 @@ autodiff of dense attention, the log-sum-exp merge, the hop-skipping test, and t
 this process; the four strategies and the sharded train step on 8 fake CPU devices in a
 subprocess (tests/context_parallel_check.py)."""
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from fake_devices import run_check
 
 from soraj.models import context_attention
 from soraj.models.context_attention import (
@@ -146,22 +144,6 @@ def test_bad_strategies_are_refused_with_the_allowed_values():
 
 
 def test_strategies_and_train_step_on_eight_fake_devices():
-    flags = (
-        "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true "
-        "--xla_cpu_use_fusion_emitters=false"
-    )
-    env = dict(
-        os.environ,
-        XLA_FLAGS=f"--xla_force_host_platform_device_count=8 {flags}",
-        JAX_PLATFORMS="cpu",
-    )
-    result = subprocess.run(
-        [sys.executable, str(CHECK_SCRIPT)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=900,
-        cwd=CHECK_SCRIPT.parent,
-    )
+    result = run_check(CHECK_SCRIPT)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
     assert "ALL OK" in result.stdout

@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
+from fake_devices import run_check
 
 from soraj import sharding
 from soraj.models.dit import DiT, DiTConfig
@@ -32,20 +33,7 @@ def test_mesh_sizes_must_multiply_to_the_device_count():
 
 
 def test_sharded_step_on_eight_fake_devices():
-    # Compiling dominates on 2 cores; these flags cut it to about a third. The one-device
-    # reference in the script compiles under the same flags as the sharded steps.
-    flags = (
-        "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true "
-        "--xla_cpu_use_fusion_emitters=false"
-    )
-    env = dict(
-        os.environ,
-        XLA_FLAGS=f"--xla_force_host_platform_device_count=8 {flags}",
-        JAX_PLATFORMS="cpu",
-    )
-    result = subprocess.run(
-        [sys.executable, str(CHECK_SCRIPT)], env=env, capture_output=True, text=True, timeout=600
-    )
+    result = run_check(CHECK_SCRIPT, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
     assert "ALL OK" in result.stdout
 

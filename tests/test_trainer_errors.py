@@ -35,7 +35,8 @@ def soraj(*args, code=None) -> subprocess.CompletedProcess:
         ),
         (
             ["train", "--config=soraj/configs/t2v.py:huge"],
-            "unknown t2v config 'huge'; allowed: ['B/2', 'L/2', 'S/2', 'XL/2', 'tiny', 'tiny64']",
+            "unknown t2v config 'huge'; allowed: "
+            "['B/2', 'L/2', 'S/2', 'XL/2', 'tiny', 'tiny64', 'tiny64-frames']",
         ),
         (
             ["train", "--config.vae_checkpoint=/nowhere/vae"],
