@@ -12,15 +12,15 @@ import pytest
 from fake_devices import run_check
 
 from soraj.models import context_attention
-from soraj.models.context_attention import (
+from soraj.models.attention_blocks import (
     EMPTY_LSE,
     merge_blocks,
     reference_block_backward,
     reference_block_forward,
     splash_block_backward,
     splash_block_forward,
-    ulysses_group,
 )
+from soraj.models.context_attention import ulysses_group
 from soraj.models.dit_config import DiTConfig
 from soraj.models.layers import attention
 

@@ -6,6 +6,7 @@ tests check it. Inside shard_map the kernel needs check_vma=False.
 """
 
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
@@ -110,3 +111,32 @@ def queries_with_a_key(q_ids: jnp.ndarray, kv_ids: jnp.ndarray) -> jnp.ndarray:
     index = jax.vmap(jnp.searchsorted)(kv_sorted, q_ids)  # (B, L)
     index = jnp.minimum(index, kv_ids.shape[-1] - 1)
     return jnp.take_along_axis(kv_sorted, index, axis=-1) == q_ids  # (B, L)
+
+
+def splash_attention(q, k, v, q_segment_ids, kv_segment_ids, kv_mask):
+    """Pallas splash attention; interpreted (slow, exact) when not running on a TPU.
+
+    Inside shard_map the kernel needs check_vma=False.
+    """
+    _, q_length, num_heads, head_dim = q.shape  # (B, L, N, K)
+    # One id below every real segment marks padding queries, padding keys, masked keys and the
+    # lane padding added here: they see only each other, never a real token.
+    pad_id = jnp.minimum(q_segment_ids.min(), kv_segment_ids.min()) - 1
+    q_ids = jnp.where(q_segment_ids != 0, q_segment_ids, pad_id)  # (B, L)
+    kv_valid = kv_segment_ids != 0
+    if kv_mask is not None:
+        kv_valid &= kv_mask.astype(bool)
+    kv_ids = jnp.where(kv_valid, kv_segment_ids, pad_id)  # (B, M)
+    has_key = (q_segment_ids != 0) & queries_with_a_key(q_ids, kv_ids)  # (B, L)
+
+    # Splash does not scale q, and wants heads first: (B, N, L, K).
+    q = jnp.swapaxes(q * (1.0 / math.sqrt(head_dim)), 1, 2).astype(q.dtype)
+    k, v = jnp.swapaxes(k, 1, 2), jnp.swapaxes(v, 1, 2)  # (B, N, M, K)
+    q, k, v = pad_to_lanes(q, 2, 0), pad_to_lanes(k, 2, 0), pad_to_lanes(v, 2, 0)
+    q_ids = pad_to_lanes(q_ids.astype(jnp.int32), 1, pad_id)  # (B, L')
+    kv_ids = pad_to_lanes(kv_ids.astype(jnp.int32), 1, pad_id)  # (B, M')
+
+    kernel = splash_kernel(num_heads, q.shape[2], k.shape[2], interpret=interpreted())
+    out = jax.vmap(kernel)(q, k, v, segment_ids=SegmentIds(q=q_ids, kv=kv_ids))
+    out = jnp.swapaxes(out[:, :, :q_length], 1, 2)  # (B, L, N, K)
+    return jnp.where(has_key[:, :, None, None], out, 0).astype(out.dtype)
