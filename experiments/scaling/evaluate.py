@@ -33,9 +33,9 @@ def score_export(export: Path, prompts, clip, steps, guidance, loss_clips) -> di
     _, videos = evaluate(generator, prompts, *clip, steps, guidance)
     per_prompt = [score_video(video, prompt) for video, prompt in zip(videos, prompts, strict=True)]
     batch = heldout_clips(generator, loss_clips, *clip)
+    attributes = {name for scores in per_prompt for name in scores}
     return {
-        "fully_right": [s["fully_right"] for s in per_prompt],
-        "overall": [s["overall"] for s in per_prompt],
+        **{name: [s.get(name, np.nan) for s in per_prompt] for name in sorted(attributes)},
         "validation_loss": validation_loss(generator, batch, TIMES),
     }
 
@@ -95,6 +95,12 @@ def main():
                     "minutes": budget["minutes"],
                     "fully_right": summary(cell["fully_right"], rng),
                     "overall": summary(cell["overall"], rng),
+                    # Each attribute's mean over the prompts that name it.
+                    "attributes": {
+                        name: float(np.nanmean(cell[name]))
+                        for name in ("present", "shape", "size", "motion", "background")
+                        if name in cell
+                    },
                     "validation_loss": cell["validation_loss"]["mean"],
                     "validation_loss_by_t": cell["validation_loss"],
                 }

@@ -1,5 +1,6 @@
-"""Plots experiments/scaling/results/scaling.json: the probe's fully-right share (with its 95 %
-bootstrap interval) and the validation loss against training FLOPs, one line per DiT width.
+"""Plots experiments/scaling/results/scaling.json: the probe's fully-right share and its mean
+check score (each with its 95 % bootstrap interval) and the validation loss against training
+FLOPs, one line per DiT width.
 
     .venv/bin/python experiments/scaling/plot.py   # → experiments/scaling/results/scaling.png
 """
@@ -21,15 +22,16 @@ def main():
     parser.add_argument("--out", type=Path, default=results / "scaling.png")
     args = parser.parse_args()
     rows = json.loads(args.results.read_text())["rows"]
-    figure, (probe, loss) = plt.subplots(1, 2, figsize=(10, 4), constrained_layout=True)
+    figure, (probe, overall, loss) = plt.subplots(1, 3, figsize=(15, 4), constrained_layout=True)
     for width in sorted({row["width"] for row in rows}):
         line = sorted((r for r in rows if r["width"] == width), key=lambda r: r["flops"])
         flops = [r["flops"] for r in line]
         label = f"width {width} ({line[0]['params'] / 1e6:.1f} M params)"
-        mean = [r["fully_right"]["mean"] for r in line]
-        low = [r["fully_right"]["mean"] - r["fully_right"]["ci95"][0] for r in line]
-        high = [r["fully_right"]["ci95"][1] - r["fully_right"]["mean"] for r in line]
-        probe.errorbar(flops, mean, yerr=[low, high], marker="o", capsize=3, label=label)
+        for axes, key in ((probe, "fully_right"), (overall, "overall")):
+            mean = [r[key]["mean"] for r in line]
+            low = [r[key]["mean"] - r[key]["ci95"][0] for r in line]
+            high = [r[key]["ci95"][1] - r[key]["mean"] for r in line]
+            axes.errorbar(flops, mean, yerr=[low, high], marker="o", capsize=3, label=label)
         loss.plot(flops, [r["validation_loss"] for r in line], marker="o", label=label)
     probe.set(
         xscale="log",
@@ -38,6 +40,13 @@ def main():
         ylim=(0, 1),
         title="Shapes probe, 95 % bootstrap intervals",
     )
+    overall.set(
+        xscale="log",
+        xlabel="training FLOPs (standard count)",
+        ylabel="mean of the probe's checks",
+        ylim=(0, 1),
+        title="Every attribute of every object, averaged",
+    )
     loss.set(
         xscale="log",
         yscale="log",
@@ -45,7 +54,7 @@ def main():
         ylabel="validation velocity loss",
         title="Held-out clips, mean over t",
     )
-    for axes in (probe, loss):
+    for axes in (probe, overall, loss):
         axes.grid(True, which="both", alpha=0.3)
         axes.legend()
     args.out.parent.mkdir(parents=True, exist_ok=True)

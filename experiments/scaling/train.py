@@ -1,5 +1,6 @@
 """Trains the scaling grid: each DiT width to each training-compute budget, on the Shapes
-world with the shipped model's data, VAE and recipe (only the width and heads change).
+world at 64×64 with issue 14's per-frame VAE and latent cache (experiments/shapes/
+train_frames64.sh's data and recipe; only the width and heads change).
 
 A budget is training FLOPs in the standard count (experiments/bench/dit_flops.py: three
 times the forward's useful matmuls, per-sample adaLN). Each width trains once, with a constant
@@ -8,7 +9,10 @@ RUNS/w<width>/budget<i>/ and resumes to the next, so a width's budgets are point
 (the usual way to read a compute curve off one run; warm-up and the EMA's warm-up are the
 same for every budget). Widths keep the head dimension (32) and the depth.
 
-    .venv/bin/python experiments/scaling/train.py --vae experiments/shapes/checkpoint/vae
+    .venv/bin/python experiments/scaling/train.py --vae experiments/shapes/runs/vae64_frames
+
+It reads the latent cache experiments/shapes/runs/latents64_frames (train_frames64.sh, steps
+1 and 2). The default grid takes about 80 minutes on 2 cores, alone.
 
 RUNS/plan.json records per width the parameter count, FLOPs per step, each budget's step and
 the wall-clock minutes it took; experiments/scaling/evaluate.py reads it.
@@ -38,11 +42,18 @@ from soraj.models.latent_codec import LatentCodec  # noqa: E402
 
 HEAD_DIM = 32
 WIDTHS = (96, 192, 384)
-# Training FLOPs (standard count) per budget, each twice the last.
-BUDGETS = (2.5e14, 5e14, 1e15)
-# The shipped recipe's settings that differ from t2v.py:tiny's defaults
-# (experiments/shapes/train_checkpoint.sh).
-RECIPE = ("--config.text.max_tokens=32",)
+# Training FLOPs (standard count) per budget, each twice the last: the largest is about what
+# train_frames64.sh's DiT spends at width 192 (3000 steps = 1.5e14), halved, so that the
+# grid fits the two-hour budget of a 2-core CPU.
+BUDGETS = (2e13, 4e13, 8e13)
+# train_frames64.sh's settings that differ from t2v.py:tiny64-frames's defaults; a 100-step
+# warm-up, so that the smallest budget of the widest model (about 100 steps) is not all warm-up.
+RECIPE = (
+    "--config.text.max_tokens=32",
+    "--config.batch_size=4",
+    "--config.data.latent_cache=experiments/shapes/runs/latents64_frames",
+    "--config.optim.warmup_steps=100",
+)
 # Everything flops_per_step reads.
 COUNTED_FIELDS = (
     "model.width",
@@ -123,7 +134,7 @@ def flops_per_step(config, vae: Path) -> tuple[int, int]:
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--vae", type=Path, required=True)
-    parser.add_argument("--preset", default="tiny64", help="soraj/configs/t2v.py's argument")
+    parser.add_argument("--preset", default="tiny64-frames", help="soraj/configs/t2v.py's argument")
     parser.add_argument("--widths", type=int, nargs="+", default=list(WIDTHS))
     parser.add_argument("--budgets", type=float, nargs="+", default=list(BUDGETS))
     parser.add_argument("--runs", type=Path, default=Path("experiments/scaling/runs"))
