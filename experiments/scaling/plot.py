@@ -33,28 +33,15 @@ def main():
             high = [r[key]["ci95"][1] - r[key]["mean"] for r in line]
             axes.errorbar(flops, mean, yerr=[low, high], marker="o", capsize=3, label=label)
         loss.plot(flops, [r["validation_loss"] for r in line], marker="o", label=label)
-    probe.set(
-        xscale="log",
-        xlabel="training FLOPs (standard count)",
-        ylabel="held-out prompts fully right",
-        ylim=(0, 1),
-        title="Shapes probe, 95 % bootstrap intervals",
-    )
+    probe.set(ylabel="held-out prompts fully right", title="Shapes probe, 95 % bootstrap intervals")
     overall.set(
-        xscale="log",
-        xlabel="training FLOPs (standard count)",
-        ylabel="mean of the probe's checks",
-        ylim=(0, 1),
-        title="Every attribute of every object, averaged",
+        ylabel="mean of the probe's checks", title="Every attribute of every object, averaged"
     )
-    loss.set(
-        xscale="log",
-        yscale="log",
-        xlabel="training FLOPs (standard count)",
-        ylabel="validation velocity loss",
-        title="Held-out clips, mean over t",
-    )
+    loss.set(yscale="log", ylabel="validation velocity loss", title="Held-out clips, mean over t")
+    for axes in (probe, overall):
+        axes.set(ylim=(0, 1))
     for axes in (probe, overall, loss):
+        axes.set(xscale="log", xlabel="training FLOPs (standard count)")
         axes.grid(True, which="both", alpha=0.3)
         axes.legend()
     args.out.parent.mkdir(parents=True, exist_ok=True)
