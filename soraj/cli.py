@@ -270,7 +270,6 @@ def run_cache_latents(argv: list[str]):
         if args.source == "shapes":
             codec.check_shape(args.frames, args.height, args.width)
         else:
-            vae = codec.config
             description = canvases_description(
                 args.num_clips,
                 args.frames,
@@ -278,7 +277,7 @@ def run_cache_latents(argv: list[str]):
                 args.seed,
                 args.split,
                 args.token_budget,
-                (vae.temporal_factor, vae.spatial_factor),
+                (codec.temporal_factor, codec.spatial_factor),
                 patch,
             )
         text_encoder = MiniLMEncoder(max_tokens=args.max_tokens) if args.text_states else None

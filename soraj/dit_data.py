@@ -232,7 +232,6 @@ def cached_dataset_description(config, codec: LatentCodec, patch_size) -> dict:
             f"and max_frames to num_frames={data.num_frames} (they are {data.min_frames} and "
             f"{data.max_frames})"
         )
-    vae = codec.config
     return canvases_description(
         data.num_clips,
         data.num_frames,
@@ -240,7 +239,7 @@ def cached_dataset_description(config, codec: LatentCodec, patch_size) -> dict:
         config.seed,
         data.split,
         data.token_budget,
-        (vae.temporal_factor, vae.spatial_factor),
+        (codec.temporal_factor, codec.spatial_factor),
         patch_size,
     )
 
@@ -267,8 +266,7 @@ def training_data(config, codec: LatentCodec, vae_dir: Path, text: TextConfig, p
     fps = training_fps(data, source)
     check_classes(config, source)
     check_mix_fields(caption_mix, source)
-    vae = codec.config
-    factors = (vae.temporal_factor, vae.spatial_factor)
+    factors = (codec.temporal_factor, codec.spatial_factor)
     num_classes = len(getattr(source, "class_names", ()))
     spec = spec_from_config(data, factors, patch_size, config.batch_size, config.seed, num_classes)
     iterator = HostBatches(source, spec, codec, null_text, data.shards)

@@ -20,7 +20,7 @@ from soraj.generate_packed import check_rows, request_noise, sample_many_tokens
 from soraj.models import patching
 from soraj.models.conditioning import TextConfig, init_text_params, segment_inputs
 from soraj.models.dit import DiT, DiTConfig
-from soraj.models.latent_codec import LatentCodec, vae_config_from_dict
+from soraj.models.latent_codec import LatentCodec, stored_frame_fold, vae_config_from_dict
 from soraj.sample_rows import sample_rows
 from soraj.sampling_progress import StepProgress, status
 
@@ -68,9 +68,11 @@ class BundleGeometry:
         dit = exports.load_export_config(bundle / "dit", "dit", required=("dit_config",))
         with exports.config_errors(bundle / "vae"):
             vae_config = vae_config_from_dict(vae["vae_config"])  # pixel patches included
+            frame_fold = stored_frame_fold(vae)
         with exports.config_errors(bundle / "dit"):
             patch_size = tuple(dit["dit_config"]["patch_size"])
-        return cls(vae_config.temporal_factor, vae_config.spatial_factor, patch_size)
+        ft = vae_config.temporal_factor * frame_fold
+        return cls(ft, vae_config.spatial_factor, patch_size)
 
     def check(self, frames: int, height: int, width: int):
         pt, ph, pw = self.patch_size
@@ -288,9 +290,10 @@ class Generator:
                 f"got {len(prompts)} prompts, {len(shapes)} shapes and {len(seeds)} seeds; "
                 "pass at least one prompt and one (frames, height, width) and seed per prompt"
             )
-        vae = self.codec.config
         geometry = BundleGeometry(
-            vae.temporal_factor, vae.spatial_factor, tuple(self.dit.config.patch_size)
+            self.codec.temporal_factor,
+            self.codec.spatial_factor,
+            tuple(self.dit.config.patch_size),
         )
         latents, grids = [], []
         for i, shape in enumerate(shapes):

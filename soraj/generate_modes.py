@@ -228,7 +228,7 @@ def run_mode(generator, request: ModeRequest, prompt, shape, seed, steps, guidan
     builder = PlanBuilder(
         lambda clip: np.asarray(encode(codec.params, clip[None]))[0],
         latent_shape,
-        codec.config.temporal_factor,
+        codec.temporal_factor,
         frames,
     )
     if request.mode == "image":

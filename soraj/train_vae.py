@@ -15,7 +15,7 @@ from soraj import checkpoint, distributed, fault_tolerance, optim, sharding, ste
 from soraj.data.clip_shapes import clip_shapes, make_iterators
 from soraj.data.shapes import FPS as SHAPES_FPS
 from soraj.models import discriminator as disc
-from soraj.models.latent_codec import video_to_model_range
+from soraj.models.latent_codec import check_frame_fold, video_to_model_range
 from soraj.models.vae import VAE_PRESETS, VideoVAE, check_video_shape
 from soraj.vae_export import export, jitted_codec, sample_rate, write_reconstructions
 
@@ -52,6 +52,7 @@ def check_config(config, shapes, model: VideoVAE, discriminator) -> None:
     start = config.loss.gan_start_step
     if start is not None and (isinstance(start, bool) or not isinstance(start, int) or start < 0):
         raise ValueError(f"config.loss.gan_start_step must be None or an int ≥ 0, got {start!r}")
+    check_frame_fold(config.latent_frame_fold)  # the export's; training never folds
 
 
 # ---- Train state -------------------------------------------------------------------------------

@@ -59,6 +59,10 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
     config.seed = 0
     config.preset = _REAL_PRESETS.get(arg, arg)  # a key of soraj.models.vae.VAE_PRESETS
+    # Latent frames the export folds into channels for the DiT (1, 2, 4 or 8;
+    # soraj/models/latent_codec.py): a per-frame VAE with fold 4 gives the DiT the token count
+    # of a 4× temporal VAE. It changes only the export, not the VAE or its training.
+    config.latent_frame_fold = 1
 
     config.data = ml_collections.ConfigDict()
     config.data.source = "shapes"  # "shapes" or "video_folder"

@@ -32,6 +32,8 @@ def vae_fingerprint(codec) -> str:
     meaningful to the decoder of the VAE that made them, so a cache is tied to this value."""
     digest = hashlib.sha256()
     digest.update(json.dumps(dataclasses.asdict(codec.config), sort_keys=True).encode())
+    if codec.frame_fold != 1:  # caches made before the fold existed keep their fingerprint
+        digest.update(f"latent_frame_fold={codec.frame_fold}".encode())
     digest.update(np.asarray(codec.shift, np.float32).tobytes())
     digest.update(np.asarray(codec.scale, np.float32).tobytes())
     for path, leaf in jax.tree_util.tree_flatten_with_path(codec.params)[0]:  # keys sorted

@@ -181,7 +181,7 @@ def write_latent_cache(
         codec.check_shape(*size)
         latent_shape = list(codec.latent_shape(*size))  # (T', H', W', C)
     else:  # each clip keeps its own (T', H', W')
-        latent_shape = [None, None, None, codec.config.latent_channels]
+        latent_shape = [None, None, None, codec.latent_channels]
     vae_stored = exports.load_export_config(vae_dir, "vae")
     metadata = {
         "format": FORMAT,

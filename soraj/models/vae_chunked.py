@@ -25,7 +25,8 @@ def apply_chunk(model: VideoVAE, method: str, params, cache, x):
     chunk, else the one the previous call returned. Returns (output, cache for the next)."""
     variables = {"params": params, **({"cache": cache} if cache is not None else {})}
     out, updated = model.apply(variables, x, method=getattr(VideoVAE, method), mutable=["cache"])
-    return out, updated["cache"]
+    # A VAE with no conv across frames (temporal_kernel 1, no temporal factor) keeps no cache.
+    return out, updated.get("cache", {})
 
 
 def _iter_chunks(model: VideoVAE, method: str, params, x, chunk: int) -> Iterator:
