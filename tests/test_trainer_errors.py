@@ -36,7 +36,7 @@ def soraj(*args, code=None) -> subprocess.CompletedProcess:
         (
             ["train", "--config=soraj/configs/t2v.py:huge"],
             "unknown t2v config 'huge'; allowed: "
-            "['B/2', 'L/2', 'S/2', 'XL/2', 'tiny', 'tiny64', 'tiny64-frames']",
+            "['B/2', 'L/2', 'S/2', 'XL/2', 'tiny', 'tiny64', 'tiny64-fold', 'tiny64-frames']",
         ),
         (
             ["train", "--config.vae_checkpoint=/nowhere/vae"],

@@ -50,6 +50,20 @@ _PRESETS = {
         max_segments=4,
         token_budget=144,
     ),
+    # The per-frame VAE's latents with 4 frames folded into channels (vae.py:tiny64-frames
+    # --config.latent_frame_fold=4: 3 latent frames of 16×16×32, soraj/models/latent_codec.py):
+    # 48 tokens a clip, the shipped 32×32 model's count, four clips a row.
+    "tiny64-fold": dict(
+        model="tiny",
+        patch_size=(1, 4, 4),
+        num_frames=9,
+        height=64,
+        width=64,
+        batch_size=8,
+        row_length=192,
+        max_segments=4,
+        token_budget=48,
+    ),
     "S/2": dict(
         model="S/2",
         num_frames=17,
