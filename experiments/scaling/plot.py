@@ -19,20 +19,35 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     results = Path("experiments/scaling/results")
     parser.add_argument("--results", type=Path, default=results / "scaling.json")
+    parser.add_argument(
+        "--compare",
+        action="append",
+        default=[],
+        metavar="JSON=LABEL",
+        help="another evaluate.py output drawn dashed, its lines labelled with LABEL (a "
+        "latent layout, say); its validation losses are on its own latents",
+    )
     parser.add_argument("--out", type=Path, default=results / "scaling.png")
     args = parser.parse_args()
-    rows = json.loads(args.results.read_text())["rows"]
     figure, (probe, overall, loss) = plt.subplots(1, 3, figsize=(15, 4), constrained_layout=True)
-    for width in sorted({row["width"] for row in rows}):
-        line = sorted((r for r in rows if r["width"] == width), key=lambda r: r["flops"])
-        flops = [r["flops"] for r in line]
-        label = f"width {width} ({line[0]['params'] / 1e6:.1f} M params)"
-        for axes, key in ((probe, "fully_right"), (overall, "overall")):
-            mean = [r[key]["mean"] for r in line]
-            low = [r[key]["mean"] - r[key]["ci95"][0] for r in line]
-            high = [r[key]["ci95"][1] - r[key]["mean"] for r in line]
-            axes.errorbar(flops, mean, yerr=[low, high], marker="o", capsize=3, label=label)
-        loss.plot(flops, [r["validation_loss"] for r in line], marker="o", label=label)
+    sources = [(args.results, "", "-")]
+    for item in args.compare:
+        path, _, label = item.partition("=")
+        sources.append((Path(path), f", {label}" if label else "", "--"))
+    for path, suffix, style in sources:
+        rows = json.loads(path.read_text())["rows"]
+        for width in sorted({row["width"] for row in rows}):
+            line = sorted((r for r in rows if r["width"] == width), key=lambda r: r["flops"])
+            flops = [r["flops"] for r in line]
+            label = f"width {width} ({line[0]['params'] / 1e6:.1f} M params){suffix}"
+            for axes, key in ((probe, "fully_right"), (overall, "overall")):
+                mean = [r[key]["mean"] for r in line]
+                low = [r[key]["mean"] - r[key]["ci95"][0] for r in line]
+                high = [r[key]["ci95"][1] - r[key]["mean"] for r in line]
+                axes.errorbar(
+                    flops, mean, yerr=[low, high], marker="o", capsize=3, ls=style, label=label
+                )
+            loss.plot(flops, [r["validation_loss"] for r in line], "o" + style, label=label)
     probe.set(ylabel="held-out prompts fully right", title="Shapes probe, 95 % bootstrap intervals")
     overall.set(
         ylabel="mean of the probe's checks", title="Every attribute of every object, averaged"
