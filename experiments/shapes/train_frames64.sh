@@ -7,13 +7,15 @@
 #   VAE=experiments/shapes/runs/vae64_frames experiments/shapes/train_frames64.sh
 # keeps a trained VAE (a `soraj train-vae` workdir) and retrains the latent cache and the DiT.
 # FOLD=4 folds 4 latent frames into channels (soraj/models/latent_codec.py): 48 tokens a clip
-# instead of 144, the same VAE; the layout is then "fold4", else "frames".
+# instead of 144, the same VAE; the layout is then "fold4", else "frames". DIT=0 stops after
+# the cache (what experiments/scaling/ trains on).
 # About 95 minutes on 2 cores, alone: VAE 33 minutes, cache 10, DiT 50 (3000 steps).
 set -euo pipefail
 RUNS=experiments/shapes/runs
 SORAJ=.venv/bin/soraj
 VAE=${VAE:-}
 FOLD=${FOLD:-1}
+DIT=${DIT:-1}
 if [ "$FOLD" = 1 ]; then LAYOUT=frames; PRESET=tiny64-frames; else LAYOUT=fold$FOLD; PRESET=tiny64-fold; fi
 
 # 1. The per-frame VAE: every 64×64 frame to 16×16×8 latents on its own (no conv across
@@ -41,6 +43,7 @@ $SORAJ cache-latents --vae $VAE_RUN --out $CACHE --num-clips 20000 --frames 9 --
 # 3. The DiT with the trainer's defaults (the mask curriculum, adaLN per (sample, t)) in 1×4×4
 #    patches (t2v.py:tiny64-frames or tiny64-fold), 16 clips a step (4 rows of 4), the rate
 #    decaying to 10 % by the last step.
+[ "$DIT" = 1 ] || exit 0
 $SORAJ train --config=soraj/configs/t2v.py:$PRESET --config.vae_checkpoint=$VAE_RUN \
   --config.text.max_tokens=32 --config.data.latent_cache=$CACHE --config.batch_size=4 \
   --config.total_steps=3000 --config.optim.decay_steps=2500 --workdir=$RUNS/dit64_$LAYOUT
