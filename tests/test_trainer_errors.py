@@ -69,6 +69,10 @@ def soraj(*args, code=None) -> subprocess.CompletedProcess:
             "config.save_every must be an integer ≥ 1 (a run always saves its last step",
         ),
         (["train-vae", "--config.log_every=-5"], "config.log_every must be an integer ≥ 0"),
+        (
+            ["train-vae", "--config.latent_frame_fold=3"],
+            "latent_frame_fold must be one of (1, 2, 4, 8), got 3",
+        ),
         (["train-expander", "--config.log_every=-5"], "config.log_every must be an integer ≥ 0"),
         (
             ["train", "--config.total_steps=0"],
