@@ -144,16 +144,12 @@ def test_mismatched_counts_are_refused():
 # ---- Through the Generator ----
 
 
-@dataclasses.dataclass
-class _LatentsOut:
+class _LatentsOut(LatentCodec):
     """A codec with the tiny VAE's geometry whose decode returns the latents themselves, so the
     Generator's outputs can be compared token for token without training or running a VAE."""
 
-    config = VAE_PRESETS["tiny"]
-    params = None
-
-    def latent_shape(self, frames, height, width):
-        return LatentCodec.latent_shape(self, frames, height, width)
+    def __init__(self):
+        super().__init__(VAE_PRESETS["tiny"], None, np.zeros(8), np.ones(8))
 
     def decode(self, params, latents):
         return latents
