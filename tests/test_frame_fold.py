@@ -2,6 +2,8 @@
 checked against a loop that places every frame by hand, through the codec (encode, decode,
 the memory-bounded paths, an export's record) and the bundle's geometry."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -15,18 +17,11 @@ from soraj.models.latent_codec import (
     stored_frame_fold,
     unfold_frames,
 )
-from soraj.models.vae import VAEConfig, VideoVAE
+from soraj.models.vae import VAE_PRESETS, VideoVAE
 
-# A per-frame VAE small enough to build in a second: 4×4 pixel patches, no downsampling.
-PER_FRAME = VAEConfig(
-    base_channels=8,
-    channel_multipliers=(1, 2),
-    num_res_blocks=0,
-    latent_channels=4,
-    temporal_downsample=(False,),
-    spatial_downsample=(False,),
-    pixel_patch=4,
-    temporal_kernel=1,
+# The per-frame VAE preset, made small enough to build in a second.
+PER_FRAME = dataclasses.replace(
+    VAE_PRESETS["p4-frames"], base_channels=8, num_res_blocks=0, latent_channels=4
 )
 
 
