@@ -1,10 +1,9 @@
-"""Prompt → video: load an exported DiT + VAE, solve the flow ODE with guidance, decode, write."""
+"""Prompt → video: load an exported DiT + VAE, solve the flow ODE with guidance, decode (the
+files are written by video_files.py)."""
 
 import contextlib
 import dataclasses
 import functools
-import json
-import re
 import time
 from pathlib import Path
 
@@ -13,7 +12,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from soraj import exports
-from soraj.data.video_io import write_gif, write_mp4
 from soraj.diffusion.timesteps import TimeShift, check_static_count
 from soraj.generate_class import class_labels
 from soraj.generate_packed import check_rows, request_noise, sample_many_tokens
@@ -352,50 +350,3 @@ def init_params(dit: DiT, text_config: TextConfig, rng) -> dict:
     if text_config.trainable:
         params["text"] = init_text_params(text_config, jax.random.fold_in(rng, 1))
     return params
-
-
-# ---- Writing results ------------------------------------------------------------------------
-
-
-def slug(prompt: str, limit: int = 48) -> str:
-    return re.sub(r"[^a-z0-9]+", "_", prompt.lower()).strip("_")[:limit] or "video"
-
-
-def write_video_files(
-    out_dir: Path, name: str, video: np.ndarray, settings: dict, fps: float
-) -> dict:
-    """Writes NAME.mp4 (H.264) and NAME.gif at fps (the rate the model was trained on, or the
-    one asked for), and NAME.json (settings, fps and the files); returns the paths."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    upscale = max(1, 256 // max(video.shape[1:3]))  # tiny canvases are upscaled for viewing
-    paths = {
-        "mp4": str(write_mp4(out_dir / f"{name}.mp4", video, fps, upscale=upscale)),
-        "gif": str(write_gif(out_dir / f"{name}.gif", video, fps, upscale=upscale)),
-    }
-    paths["json"] = str(out_dir / f"{name}.json")
-    record = {**settings, "fps": fps, "files": paths}
-    Path(paths["json"]).write_text(json.dumps(record, indent=2))
-    return paths
-
-
-def generate_to_files(
-    generator: Generator,
-    prompt: str,
-    out_dir: Path,
-    frames: int,
-    height: int,
-    width: int,
-    seed: int,
-    steps: int,
-    guidance: float,
-    settings: dict,
-    fps: float,
-):
-    """One text-to-video sample written by write_video_files; returns (video, paths, seconds)."""
-    start = time.perf_counter()
-    video = generator([prompt], frames, height, width, seed, steps, guidance)[0]
-    seconds = time.perf_counter() - start
-    name = f"{slug(prompt)}_seed{seed}"
-    timings = {"seconds": seconds, **generator.sampler.timings}
-    paths = write_video_files(out_dir, name, video, {**settings, **timings}, fps)
-    return video, paths, seconds

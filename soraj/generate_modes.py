@@ -283,7 +283,7 @@ def run_mode(generator, request: ModeRequest, prompt, shape, seed, steps, guidan
 def mode_to_files(generator, request: ModeRequest, prompt: str, args, settings: dict, fps: float):
     """Runs a mode request and writes NAME.mp4 and .gif at fps and NAME.json (with the mode,
     its inputs and the timings) under args.out; returns (video, paths, seconds)."""
-    from soraj.generate import slug, write_video_files
+    from soraj.video_files import slug, write_video_files
 
     start = time.perf_counter()
     shape = (args.frames, args.height, args.width)

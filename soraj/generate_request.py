@@ -281,7 +281,8 @@ def recaptioned_info(trained_on: dict) -> Path:
 def run_checked(checked: CheckedRequest) -> Generated:
     """Loads the bundle, samples (a bar over the steps on stderr) and writes the .mp4, .gif
     and .json under request.out, saying where."""
-    from soraj.generate import Generator, TimedSampler, generate_to_files
+    from soraj.generate import Generator, TimedSampler
+    from soraj.video_files import generate_to_files
 
     request, mode, expansion = checked.request, checked.mode, checked.expansion
     for note in mode.notes if mode else ():

@@ -23,11 +23,12 @@ from soraj.data.frame_masks import MASK_TYPES, MaskCurriculum
 from soraj.diffusion.objective import flow_matching_loss
 from soraj.diffusion.timesteps import TimeShift, per_segment_timesteps
 from soraj.dit_data import check_fps, host_batch_metrics, training_data
-from soraj.generate import Generator, init_params, write_video_files
+from soraj.generate import Generator, init_params
 from soraj.models import patching
 from soraj.models.conditioning import TextConfig, text_states
 from soraj.models.dit import DiT, DiTConfig
 from soraj.models.latent_codec import LatentCodec
+from soraj.video_files import write_video_files
 
 # ---- The pure train step --------------------------------------------------------------------
 
