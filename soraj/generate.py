@@ -18,7 +18,7 @@ from soraj.generate_packed import check_rows, request_noise, sample_many_tokens
 from soraj.models import patching
 from soraj.models.conditioning import TextConfig, init_text_params, segment_inputs
 from soraj.models.dit import DiT, DiTConfig
-from soraj.models.latent_codec import LatentCodec, stored_frame_fold, vae_config_from_dict
+from soraj.models.latent_codec import LatentCodec, stored_factors
 from soraj.sample_rows import sample_rows
 from soraj.sampling_progress import StepProgress, status
 
@@ -65,12 +65,10 @@ class BundleGeometry:
         vae = exports.load_export_config(bundle / "vae", "vae", required=("vae_config",))
         dit = exports.load_export_config(bundle / "dit", "dit", required=("dit_config",))
         with exports.config_errors(bundle / "vae"):
-            vae_config = vae_config_from_dict(vae["vae_config"])  # pixel patches included
-            frame_fold = stored_frame_fold(vae)
+            ft, fs = stored_factors(vae)
         with exports.config_errors(bundle / "dit"):
             patch_size = tuple(dit["dit_config"]["patch_size"])
-        ft = vae_config.temporal_factor * frame_fold
-        return cls(ft, vae_config.spatial_factor, patch_size)
+        return cls(ft, fs, patch_size)
 
     def check(self, frames: int, height: int, width: int):
         pt, ph, pw = self.patch_size

@@ -18,7 +18,7 @@ from soraj.data.video_io import read_video, write_mp4
 from soraj.eval.metrics import psnr, ssim
 from soraj.eval.peak_memory import PeakMemory
 from soraj.exports import config_errors, find_export, load_export_config
-from soraj.models.latent_codec import LatentCodec, stored_frame_fold, vae_config_from_dict
+from soraj.models.latent_codec import LatentCodec, stored_factors, vae_config_from_dict
 from soraj.models.vae import latent_shape
 from soraj.models.vae_memory_plan import plan_decode, plan_encode
 
@@ -136,9 +136,7 @@ def reconstruct(args) -> dict:
     stored = load_export_config(export, "vae", required=("vae_config",))
     with config_errors(export):
         config = vae_config_from_dict(stored["vae_config"])
-        frame_fold = stored_frame_fold(stored)
-    # Latents that fold frames (latent_codec.py) need whole folds of frames.
-    ft, fs = config.temporal_factor * frame_fold, config.spatial_factor
+        ft, fs = stored_factors(stored)  # folded latents need whole folds of frames
     check_geometry(args, ft, fs)  # before any weights load or frames decode
     wanted = None if args.frames is None else args.start_frame + args.frames
     video, fps = read_video(args.input, max_frames=wanted)

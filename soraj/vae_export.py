@@ -73,7 +73,7 @@ def export(workdir: Path, model: VideoVAE, state, config, stats_batches, encode)
         "vae_config": dataclasses.asdict(model.config),
         "latent_shift": shift.tolist(),
         "latent_scale": scale.tolist(),
-        "latent_frame_fold": int(config.get("latent_frame_fold", 1)),
+        "latent_frame_fold": config.latent_frame_fold,
         "trained_on": json.loads(config.data.to_json_best_effort()),
         "step": int(step),
         "code_version": checkpoint.code_version(),

@@ -47,6 +47,13 @@ def stored_frame_fold(stored: dict) -> int:
     return check_frame_fold(stored.get("latent_frame_fold", 1))
 
 
+def stored_factors(stored: dict) -> tuple[int, int]:
+    """(temporal, spatial) factor of the latents the DiT sees, read from a VAE export's config
+    without loading weights: the VAE's, times the fold in time."""
+    config = vae_config_from_dict(stored["vae_config"])  # pixel patches included
+    return config.temporal_factor * stored_frame_fold(stored), config.spatial_factor
+
+
 # ---- Frame fold ----
 
 
