@@ -231,8 +231,9 @@ def main():
     previous = json.loads(args.out.read_text())["rows"] if args.out and args.out.exists() else []
     done = {(r["preset"], r["tokens"], r["context"], r["strategy"]) for r in previous}
     rows.extend(previous)
-    for preset in args.presets:
-        for tokens in args.tokens:
+    # The one-minute length first: the verdicts need only it.
+    for tokens in sorted(args.tokens, reverse=True):
+        for preset in args.presets:
             for context in args.contexts:
                 for strategy in strategies_for(preset, context):
                     key = (preset, tokens, context, strategy if context > 1 else "none")
