@@ -214,6 +214,47 @@ def verdicts(rows: list[dict]) -> dict:
     return out
 
 
+STRATEGY_MARKS = {"none": "", "all_gather": "a", "ulysses": "u", "ring": "r", "usp": "p"}
+
+
+def markdown_tables(rows: list[dict]) -> str:
+    """README's tables: the least memory per device (GiB) over strategies, per preset, length
+    and context size (its strategy marked), then the per-slice verdicts at one minute."""
+    contexts = sorted({r["context"] for r in rows})
+    lines = [
+        "| preset | tokens | " + " | ".join(f"c={c}" for c in contexts) + " |",
+        "|---|---|" + "---|" * len(contexts),
+    ]
+    presets = sorted({r["preset"] for r in rows}, key=lambda p: DIT_PRESETS[p].width)
+    for preset in presets:
+        for tokens in sorted({r["tokens"] for r in rows if r["preset"] == preset}):
+            cells = []
+            for context in contexts:
+                measured = [
+                    r
+                    for r in rows
+                    if (r["preset"], r["tokens"], r["context"]) == (preset, tokens, context)
+                ]
+                if not measured:
+                    cells.append("·")
+                    continue
+                best = min(measured, key=lambda r: r["bytes_per_device"])
+                cells.append(
+                    f"{best['bytes_per_device'] / GIB:.3g}{STRATEGY_MARKS[best['strategy']]}"
+                )
+            lines.append(f"| {preset} | {tokens:,} | " + " | ".join(cells) + " |")
+    lines += ["", "| preset | " + " | ".join(CHIPS) + " |", "|---|" + "---|" * len(CHIPS)]
+    for preset, per_chip in verdicts(rows).items():
+        cells = [
+            "does not fit"
+            if v is None
+            else f"{v['slice']}, {v['strategy']}, {v['gib_per_device']:.1f} GiB"
+            for v in per_chip.values()
+        ]
+        lines.append(f"| {preset} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--presets", nargs="+", default=["S/2", "B/2", "L/2", "XL/2"])
@@ -222,7 +263,13 @@ def main():
         "--contexts", nargs="+", type=int, default=[1, 2, 4, 8, 16, 32, 64, 128, 256]
     )
     parser.add_argument("--out", type=Path)
+    parser.add_argument(
+        "--table", type=Path, help="print README's tables from this result file; compile nothing"
+    )
     args = parser.parse_args()
+    if args.table:
+        print(markdown_tables(json.loads(args.table.read_text())["rows"]))
+        return
     if max(args.contexts) > jax.device_count():
         raise SystemExit(
             f"context {max(args.contexts)} needs that many devices, sees {jax.device_count()}"
