@@ -147,6 +147,20 @@ def _ring_block_backward(ring: Ring, q, k, v, q_ids, kv_ids, out, lse, d_out):
     )
 
 
+def _hop_loop(start: int, stop: int, body, carry):
+    """lax.fori_loop(start, stop, body, carry) as a while loop. A fori_loop with static bounds
+    is a scan, and when the custom-vjp ring sits inside a rematerialised block, JAX's partial
+    evaluation of that scan stacks every hop's splash residuals (hops × L/c × N × K): memory
+    growing with the hop count. The ring's own backward pass differentiates nothing, so a
+    while loop, which keeps nothing per hop, is all it needs."""
+
+    def step(state):
+        i, carry = state
+        return i + 1, body(i, carry)
+
+    return lax.while_loop(lambda state: state[0] < stop, step, (start, carry))[1]
+
+
 def _ring_forward_pass(ring: Ring, q, k, v, q_ids, all_kv_ids):
     """(out f32, lse) over every block: the own block first, then one rotation per hop."""
     position, length = ring.position(), k.shape[1]
@@ -160,7 +174,7 @@ def _ring_forward_pass(ring: Ring, q, k, v, q_ids, all_kv_ids):
         block_out, block_lse = _ring_block_forward(ring, q, k, v, q_ids, kv_ids)
         return (k, v, *merge_blocks(out, lse, block_out, block_lse))
 
-    _, _, out, lse = lax.fori_loop(1, ring.hops, hop, (k, v, out, lse))
+    _, _, out, lse = _hop_loop(1, ring.hops, hop, (k, v, out, lse))
     return out, lse
 
 
@@ -198,7 +212,7 @@ def _ring_attention_bwd(ring: Ring, residuals, d_out):
 
     zeros = (jnp.zeros_like(q, jnp.float32), jnp.zeros_like(k, jnp.float32))
     carry = (k, v, zeros[0], zeros[1], jnp.zeros_like(v, jnp.float32))
-    k, v, d_q, d_k, d_v = lax.fori_loop(0, ring.hops - 1, hop, carry)
+    k, v, d_q, d_k, d_v = _hop_loop(0, ring.hops - 1, hop, carry)
     # The last block: its keys need not move on, but dK/dV take their last step home.
     block_dq, block_dk, block_dv = block_grads(k, v, ring.hops - 1)
     d_k, d_v = ring.rotate((d_k + block_dk, d_v + block_dv))
