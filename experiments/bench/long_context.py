@@ -19,11 +19,15 @@ some tens of percent of what an accelerator's compiler allocates.
 
 Verdict: a preset fits a chip when some strategy's memory per device is at most 90 % of the
 chip's HBM (v5p 95 GiB, v6e 32 GiB, H100 80 GB); the smallest context size that fits is the
-slice. The compile of a full grid takes about an hour on 2 cores:
+slice. The full grid (216 compiles, context sizes that leave a device under 1,000 tokens
+skipped) takes about an hour of compiling on 2 cores; it resumes from --out, so two
+processes over disjoint --tokens with their own --out files can share the work:
 
     .venv/bin/python experiments/bench/long_context.py \\
         --out experiments/bench/results/long_context.json
     .venv/bin/python experiments/bench/long_context.py --presets S/2 --tokens 10000 --contexts 1 4
+    .venv/bin/python experiments/bench/long_context.py \\
+        --table experiments/bench/results/long_context.json     # README's tables
 """
 
 import os
@@ -244,7 +248,9 @@ def markdown_tables(rows: list[dict]) -> str:
                 )
             lines.append(f"| {preset} | {tokens:,} | " + " | ".join(cells) + " |")
     lines += ["", "| preset | " + " | ".join(CHIPS) + " |", "|---|" + "---|" * len(CHIPS)]
-    for preset, per_chip in verdicts(rows).items():
+    per_preset = verdicts(rows)
+    for preset in presets:
+        per_chip = per_preset[preset]
         cells = [
             "does not fit"
             if v is None
@@ -261,6 +267,13 @@ def main():
     parser.add_argument("--tokens", nargs="+", type=int, default=[10_000, 100_000, MINUTE_720P])
     parser.add_argument(
         "--contexts", nargs="+", type=int, default=[1, 2, 4, 8, 16, 32, 64, 128, 256]
+    )
+    parser.add_argument(
+        "--min-tokens-per-device",
+        type=int,
+        default=1000,
+        help="skip context sizes that leave fewer tokens a device: the row is then mostly "
+        "128-token splash padding, and the interconnect, not memory, is what limits",
     )
     parser.add_argument("--out", type=Path)
     parser.add_argument(
@@ -282,6 +295,8 @@ def main():
     for tokens in sorted(args.tokens, reverse=True):
         for preset in args.presets:
             for context in args.contexts:
+                if tokens / context < args.min_tokens_per_device:
+                    continue
                 for strategy in strategies_for(preset, context):
                     key = (preset, tokens, context, strategy if context > 1 else "none")
                     if key in done:
