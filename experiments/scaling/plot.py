@@ -13,6 +13,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only; no display on a CPU host or in CI
 import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.ticker  # noqa: E402
 
 
 def main():
@@ -58,7 +59,8 @@ def main():
     for axes in (probe, overall, loss):
         axes.set(xscale="log", xlabel="training FLOPs (standard count)")
         axes.grid(True, which="both", alpha=0.3)
-        axes.legend()
+        axes.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # no crowded labels
+        axes.legend(loc="lower left" if axes is loss else "upper left", fontsize="small")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(args.out, dpi=120)
     print(f"wrote {args.out}")
