@@ -12,7 +12,7 @@ LENGTHS = [(256, 256), (384, 1024), (1536, 512), (2048, 2048)]
 
 
 def library_kernel(num_heads, q_length, kv_length, save_residuals):
-    ours = splash_kernel(num_heads, q_length, kv_length, True, save_residuals)
+    ours = splash_kernel(q_length, kv_length, True, save_residuals)
     mask = splash.MultiHeadMask([splash.FullMask((q_length, kv_length))] * num_heads)
     with jax.ensure_compile_time_eval():
         theirs = splash.make_splash_mha(

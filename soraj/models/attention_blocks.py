@@ -73,10 +73,10 @@ def _splash_layout(q, k, v, q_ids, kv_ids):
 
 def splash_block_forward(q, k, v, q_ids, kv_ids):
     """reference_block_forward with the Pallas splash kernel (residuals saved)."""
-    length, num_heads = q.shape[1], q.shape[2]
+    length = q.shape[1]
     has_key = (q_ids != 0) & queries_with_a_key(q_ids, kv_ids)  # (B, L)
     q, k, v, ids = _splash_layout(q, k, v, q_ids, kv_ids)
-    kernel = splash_kernel(num_heads, q.shape[2], k.shape[2], interpreted(), save_residuals=True)
+    kernel = splash_kernel(q.shape[2], k.shape[2], interpreted(), save_residuals=True)
     out, (lse,) = jax.vmap(lambda q, k, v, ids: kernel(q, k, v, segment_ids=ids))(q, k, v, ids)
     out = jnp.swapaxes(out[:, :, :length], 1, 2).astype(jnp.float32)  # (B, L, N, K)
     lse = jnp.swapaxes(lse[:, :, :length], 1, 2)  # (B, L, N)
@@ -86,10 +86,10 @@ def splash_block_forward(q, k, v, q_ids, kv_ids):
 
 def splash_block_backward(q, k, v, q_ids, kv_ids, out, lse, d_out):
     """reference_block_backward with splash's backward kernels."""
-    length, kv_length, num_heads = q.shape[1], k.shape[1], q.shape[2]
+    length, kv_length = q.shape[1], k.shape[1]
     dtype = q.dtype
     q, k, v, ids = _splash_layout(q, k, v, q_ids, kv_ids)
-    kernel = splash_kernel(num_heads, q.shape[2], k.shape[2], interpreted(), save_residuals=True)
+    kernel = splash_kernel(q.shape[2], k.shape[2], interpreted(), save_residuals=True)
 
     def heads_first(x, fill=0.0):  # (B, L, N, ...) -> lane-padded (B, N, L', ...)
         return pad_to_lanes(jnp.swapaxes(x, 1, 2), 2, fill)

@@ -67,19 +67,16 @@ def full_mask_info(
 
 
 @functools.cache
-def splash_kernel(
-    num_heads: int, q_length: int, kv_length: int, interpret: bool, save_residuals: bool = False
-):
-    """Splash MHA kernel for lane-padded lengths; segment ids do all the masking (the static
-    mask is full, its mask info built by `full_mask_info`). With save_residuals it returns
-    (out, (logsumexp,)) and is not differentiable: the ring attention pairs it with
-    `splash_backward`. The same kernel `splash.make_splash_mha` builds for a FullMask
-    (tests/test_splash_mask_info.py), without its per-block mask processing.
+def splash_kernel(q_length: int, kv_length: int, interpret: bool, save_residuals: bool = False):
+    """Splash MHA kernel for lane-padded lengths and any number of heads; segment ids do all
+    the masking (the static mask is full, its mask info built by `full_mask_info`). With
+    save_residuals it returns (out, (logsumexp,)) and is not differentiable: the ring
+    attention pairs it with `splash_backward`. The same kernel `splash.make_splash_mha` builds
+    for a FullMask (tests/test_splash_mask_info.py), without its per-block mask processing.
 
     Built under ensure_compile_time_eval so its mask-info arrays are concrete constants even
     when first called inside jit (otherwise they would be tracers leaked into the cache).
     """
-    del num_heads  # one full mask serves every head
     block_q, block_kv = _block(q_length), _block(kv_length)
     block_sizes = splash.BlockSizes(
         block_q=block_q,
@@ -92,12 +89,12 @@ def splash_kernel(
         block_kv_dq=block_kv,
     )
     with jax.ensure_compile_time_eval():
+        # The dQ kernel walks the grid as the forward one does (same block sizes here).
         forward = full_mask_info(q_length, kv_length, block_q, block_kv, for_dkv=False)
-        dq = full_mask_info(q_length, kv_length, block_q, block_kv, for_dkv=False)
         dkv = full_mask_info(q_length, kv_length, block_q, block_kv, for_dkv=True)
     return splash_attention_kernel.SplashAttentionKernel(
         forward,
-        dq,
+        forward,
         dkv,
         block_sizes=block_sizes,
         is_mqa=False,
@@ -166,7 +163,7 @@ def splash_attention(q, k, v, q_segment_ids, kv_segment_ids, kv_mask):
 
     Inside shard_map the kernel needs check_vma=False.
     """
-    _, q_length, num_heads, head_dim = q.shape  # (B, L, N, K)
+    _, q_length, _, head_dim = q.shape  # (B, L, N, K)
     # One id below every real segment marks padding queries, padding keys, masked keys and the
     # lane padding added here: they see only each other, never a real token.
     pad_id = jnp.minimum(q_segment_ids.min(), kv_segment_ids.min()) - 1
@@ -184,7 +181,7 @@ def splash_attention(q, k, v, q_segment_ids, kv_segment_ids, kv_mask):
     q_ids = pad_to_lanes(q_ids.astype(jnp.int32), 1, pad_id)  # (B, L')
     kv_ids = pad_to_lanes(kv_ids.astype(jnp.int32), 1, pad_id)  # (B, M')
 
-    kernel = splash_kernel(num_heads, q.shape[2], k.shape[2], interpret=interpreted())
+    kernel = splash_kernel(q.shape[2], k.shape[2], interpret=interpreted())
     out = jax.vmap(kernel)(q, k, v, segment_ids=SegmentIds(q=q_ids, kv=kv_ids))
     out = jnp.swapaxes(out[:, :, :q_length], 1, 2)  # (B, L, N, K)
     return jnp.where(has_key[:, :, None, None], out, 0).astype(out.dtype)
